@@ -1,0 +1,1 @@
+"""pseudostream.models"""

@@ -1,0 +1,131 @@
+"""The label log: where accepted pseudo-labels wait for trainers.
+
+Semantics every implementation keeps (one contract test suite runs against each):
+- ``append`` gives each record the next offset of its topic: 0, 1, 2, ... monotonic, no gaps.
+- Consumer groups read a topic independently; inside a group each record goes to one consumer
+  at a time. A delivered record stays *pending* until acked; an unacked record is delivered
+  again after the visibility timeout (to any consumer of the group), at once to the same
+  consumer when it subscribes again (it reads its own pending records first, like Redis
+  XREADGROUP from id 0), and at once to the next consumer after ``release`` (a disconnect).
+- Acked records are never delivered to that group again. The committed offset of a group is
+  the lowest offset it has not acked (everything below is acked): a trainer resumes there.
+- Delivery is at-least-once: durable records survive a restart of the service.
+- ``save_state``/``load_state`` keep small blobs (policy and adapter checkpoints) per topic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["LabelBatch", "LabelRecord", "LabelLog"]
+
+
+@dataclass
+class LabelBatch:
+    """Accepted labels of one batch of one topic, as columns (n rows)."""
+
+    ids: Sequence[str]
+    label: np.ndarray  # [n] int64
+    confidence: np.ndarray  # [n] float32
+    weight: np.ndarray  # [n] float32
+    threshold: np.ndarray  # [n] float32
+    teacher_version: str
+    policy: str
+    samples: np.ndarray | None = None  # [n, ...] the input tensors, when the topic stores them
+    metadata: Sequence[Mapping[str, str]] | None = None  # one map per row, or None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One delivered pseudo-label."""
+
+    offset: int
+    sample_id: str
+    label: int
+    confidence: float
+    weight: float
+    threshold: float
+    teacher_version: str
+    policy: str
+    created_at: float  # unix seconds when appended
+    deliveries: int = 1  # 1 on first delivery, 2+ on redelivery
+    sample: bytes | None = None  # raw little-endian tensor bytes (C order) when stored
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None  # numpy dtype name, e.g. "float32"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def sample_array(self) -> np.ndarray | None:
+        """The stored sample as a numpy array (a read-only view of ``sample``), or None."""
+        if self.sample is None or self.shape is None or self.dtype is None:
+            return None
+        return np.frombuffer(self.sample, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(
+            self.shape
+        )
+
+
+class LabelLog(ABC):
+    """An append-only, per-topic log of accepted labels with consumer groups.
+
+    Async methods so that network-backed logs (Redis) and file-backed logs (SQLite, run on a
+    worker thread) share one interface. Usable as an async context manager.
+    """
+
+    @abstractmethod
+    async def append(self, topic: str, batch: LabelBatch) -> np.ndarray:
+        """Append ``batch`` durably; returns the [n] int64 offsets given to its rows, in order."""
+
+    @abstractmethod
+    async def read(
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
+    ) -> list[LabelRecord]:
+        """Deliver up to ``max_records`` to ``consumer`` of ``group``, in this order: the
+        consumer's own pending records, then others' pending records past their visibility
+        timeout, then records the group never received. Waits up to ``wait_s`` seconds for at
+        least one record; returns [] if none came. Creates the group (at offset 0) if new."""
+
+    @abstractmethod
+    async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:
+        """Mark ``offsets`` done for ``group``; returns how many were pending and are now acked.
+        Acking an unknown or already-acked offset is a no-op."""
+
+    @abstractmethod
+    async def release(self, topic: str, group: str, consumer: str) -> int:
+        """Make ``consumer``'s pending records deliverable to the group's other consumers now
+        (called when its stream disconnects); returns how many were released."""
+
+    @abstractmethod
+    async def committed(self, topic: str, group: str) -> int:
+        """The group's committed offset: every offset below it is acked."""
+
+    @abstractmethod
+    async def end_offset(self, topic: str) -> int:
+        """The offset the next appended record will get (= records ever appended)."""
+
+    @abstractmethod
+    async def lag(self, topic: str, group: str) -> int:
+        """Records of ``topic`` the group has not acked yet (pending or never delivered)."""
+
+    @abstractmethod
+    async def save_state(self, topic: str, key: str, blob: bytes) -> None:
+        """Store a small checkpoint blob (policy or adapter state) under (topic, key)."""
+
+    @abstractmethod
+    async def load_state(self, topic: str, key: str) -> bytes | None:
+        """The blob saved under (topic, key), or None."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and files; pending work is flushed first."""
+
+    async def __aenter__(self) -> "LabelLog":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
