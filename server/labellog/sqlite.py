@@ -1,0 +1,364 @@
+"""The embedded label log: one SQLite file in WAL mode, driven from one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
+from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
+
+__all__ = ["SqliteLabelLog"]
+
+logger = logging.getLogger(__name__)
+
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_IN_CHUNK = 500  # offsets per "IN (...)" query, well under SQLite's bound-parameter limit
+
+# records keeps its rowid: rows may carry large sample blobs, which WITHOUT ROWID tables handle
+# badly. The small bookkeeping tables are clustered on their keys instead.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records(
+    topic TEXT NOT NULL, offset INTEGER NOT NULL, sample_id TEXT NOT NULL, label INTEGER NOT NULL,
+    confidence REAL NOT NULL, weight REAL NOT NULL, threshold REAL NOT NULL,
+    teacher_version TEXT NOT NULL, policy TEXT NOT NULL, created_at REAL NOT NULL,
+    sample BLOB, shape TEXT, dtype TEXT, metadata TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY(topic, offset));
+CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups(topic TEXT NOT NULL, grp TEXT NOT NULL, cursor INTEGER NOT NULL,
+    PRIMARY KEY(topic, grp)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending(topic TEXT NOT NULL, grp TEXT NOT NULL, offset INTEGER NOT NULL,
+    consumer TEXT NOT NULL, deadline REAL NOT NULL, deliveries INTEGER NOT NULL,
+    PRIMARY KEY(topic, grp, offset)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_by_consumer ON pending(topic, grp, consumer);
+CREATE INDEX IF NOT EXISTS pending_by_deadline ON pending(topic, grp, deadline);
+CREATE TABLE IF NOT EXISTS state(topic TEXT NOT NULL, key TEXT NOT NULL, blob BLOB NOT NULL,
+    PRIMARY KEY(topic, key));
+"""
+
+_RECORD_COLUMNS = (
+    "offset, sample_id, label, confidence, weight, threshold, teacher_version, policy, "
+    "created_at, sample, shape, dtype, metadata"
+)
+
+
+class SqliteLabelLog(LabelLog):
+    """A :class:`LabelLog` in one SQLite file, for a single service process.
+
+    Durability: the file is in WAL mode and every ``append``/``read``/``ack`` is one
+    transaction. With ``synchronous="NORMAL"`` (the default) a commit reaches the OS before the
+    call returns, so nothing is lost when the process crashes or is killed; a power loss may
+    drop the last commits. ``synchronous="FULL"`` also survives power loss, at the cost of one
+    fsync per commit.
+
+    Redelivery: a pending record becomes *claimable* when its deadline (delivery time +
+    ``visibility_timeout_s``) has passed. ``read`` hands out claimable records, the caller's own
+    first, then records the group never received. A consumer's own pending records whose
+    deadline has not passed are not sent again, so reading in a loop never repeats a record.
+    ``release`` (a disconnect) makes a consumer's pending records claimable at once, and so
+    does opening the file (the restart rule): this log is embedded in one process, so every
+    delivery still pending when the file is opened belonged to a stream of a previous process
+    and is handed out again immediately, preferably to the same consumer name.
+
+    Waiting reads wake on an append or release in this process, at the next pending deadline,
+    and otherwise poll every ``poll_interval_s`` (which also notices other writers). All SQLite
+    work runs on one dedicated worker thread that owns the only connection; opening blocks the
+    caller while the schema is created. Samples are stored as little-endian C-order bytes.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        visibility_timeout_s: float = 30.0,
+        synchronous: str = "NORMAL",
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        if not visibility_timeout_s > 0 or not poll_interval_s > 0:
+            raise ConfigError("visibility_timeout_s and poll_interval_s must be > 0 seconds")
+        if synchronous.upper() not in _SYNC_MODES:
+            raise ConfigError(f"synchronous must be one of {_SYNC_MODES}, got {synchronous!r}")
+        self.path = str(path)
+        self.visibility_timeout_s = float(visibility_timeout_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self._closed = False
+        self._waiters: dict[str, set[asyncio.Future]] = {}  # readers waiting for an append
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-labellog")
+        try:
+            fut = self._executor.submit(self._guarded, "open", self._open, (synchronous.upper(),))
+            self._conn: sqlite3.Connection = fut.result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+
+    # ----------------------------------------------------------------- LabelLog interface
+
+    async def append(self, topic: str, batch: LabelBatch) -> np.ndarray:
+        """Append ``batch`` in one transaction; returns the offsets given to its rows."""
+        rows = _batch_rows(batch, time.time())
+        if not rows:
+            return np.empty(0, dtype=np.int64)
+        first = await self._call("append", self._append_tx, topic, rows)
+        self._wake(topic)
+        return np.arange(first, first + len(rows), dtype=np.int64)
+
+    async def read(
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
+    ) -> list[LabelRecord]:
+        """Deliver up to ``max_records``: own claimable pending, others' claimable pending,
+        then new records; waits up to ``wait_s`` for at least one (see the class docstring)."""
+        if max_records < 1:
+            raise InvalidInput(f"max_records must be at least 1, got {max_records}")
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(wait_s, 0.0)
+        waiters = self._waiters.setdefault(topic, set())
+        while True:
+            appended = loop.create_future()
+            waiters.add(appended)  # registered before reading, so no append goes unnoticed
+            try:
+                records, next_due = await self._call(
+                    "read", self._read_tx, topic, group, consumer, max_records
+                )
+                remaining = give_up - loop.time()
+                if records or remaining <= 0:
+                    return records
+                due_in = math.inf if next_due is None else max(next_due - time.time(), 0.0)
+                await asyncio.wait([appended], timeout=min(remaining, self.poll_interval_s, due_in))
+            finally:
+                waiters.discard(appended)
+
+    async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:
+        """Delete the group's pending entries for ``offsets``; returns how many there were."""
+        args = [(topic, group, int(o)) for o in offsets]
+        return await self._call("ack", self._ack_tx, args) if args else 0
+
+    async def release(self, topic: str, group: str, consumer: str) -> int:
+        """Make ``consumer``'s pending records claimable now; returns how many."""
+        sql = "UPDATE pending SET deadline = 0 WHERE topic = ? AND grp = ? AND consumer = ?"
+        released = await self._call("release", self._write, sql, (topic, group, consumer))
+        if released:
+            self._wake(topic)
+        return released
+
+    async def committed(self, topic: str, group: str) -> int:
+        """Lowest pending offset of the group, else its cursor (0 for an unknown group)."""
+        sql = """SELECT COALESCE((SELECT MIN(offset) FROM pending WHERE topic = :t AND grp = :g),
+                 (SELECT cursor FROM groups WHERE topic = :t AND grp = :g), 0)"""
+        return await self._call("committed", self._scalar, sql, {"t": topic, "g": group})
+
+    async def end_offset(self, topic: str) -> int:
+        """Records ever appended to ``topic`` (0 for an unknown topic)."""
+        sql = "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)"
+        return await self._call("end_offset", self._scalar, sql, (topic,))
+
+    async def lag(self, topic: str, group: str) -> int:
+        """Records not acked by the group: never delivered plus pending."""
+        sql = """SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = :t), 0)
+                 - COALESCE((SELECT cursor FROM groups WHERE topic = :t AND grp = :g), 0)
+                 + (SELECT COUNT(*) FROM pending WHERE topic = :t AND grp = :g)"""
+        return await self._call("lag", self._scalar, sql, {"t": topic, "g": group})
+
+    async def save_state(self, topic: str, key: str, blob: bytes) -> None:
+        """Store ``blob`` under (topic, key), replacing any earlier one."""
+        sql = "INSERT OR REPLACE INTO state(topic, key, blob) VALUES (?, ?, ?)"
+        await self._call("save_state", self._write, sql, (topic, key, bytes(blob)))
+
+    async def load_state(self, topic: str, key: str) -> bytes | None:
+        """The blob stored under (topic, key), or None."""
+        sql = "SELECT (SELECT blob FROM state WHERE topic = ? AND key = ?)"
+        blob = await self._call("load_state", self._scalar, sql, (topic, key))
+        return None if blob is None else bytes(blob)
+
+    async def close(self) -> None:
+        """Run the work already queued, close the connection, stop the worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._guarded, "close", self._conn.close, ())
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def _wake(self, topic: str) -> None:
+        """Wake the readers waiting on ``topic``, on whichever event loop each one runs."""
+        for appended in list(self._waiters.get(topic, ())):
+            if not appended.get_loop().is_closed():
+                appended.get_loop().call_soon_threadsafe(_resolve, appended)
+
+    # ---------------------------------------------------------------- worker-thread side
+
+    async def _call(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("label log is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, op, fn, args)
+
+    def _guarded(self, op: str, fn: Callable[..., Any], args: tuple) -> Any:
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            raise PseudostreamError(f"label log {op} failed on {self.path!r}: {exc}") from exc
+
+    def _open(self, synchronous: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                logger.warning("label log %s runs in journal mode %r, not WAL", self.path, mode)
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            released = conn.execute("UPDATE pending SET deadline = 0").rowcount  # restart rule
+            if released:
+                logger.info("label log %s: released %d pending deliveries", self.path, released)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def _scalar(self, sql: str, params: Any) -> Any:
+        return self._conn.execute(sql, params).fetchone()[0]
+
+    def _write(self, sql: str, params: Any) -> int:
+        with self._transaction() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def _append_tx(self, topic: str, rows: list[tuple]) -> int:
+        with self._transaction() as conn:
+            first = self._scalar(
+                "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
+            )
+            conn.executemany(
+                f"INSERT INTO records(topic, {_RECORD_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(topic, first + i, *r) for i, r in enumerate(rows)],
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
+                (topic, first + len(rows)),
+            )
+        return first
+
+    def _ack_tx(self, args: list[tuple[str, str, int]]) -> int:
+        with self._transaction() as conn:
+            sql = "DELETE FROM pending WHERE topic = ? AND grp = ? AND offset = ?"
+            return conn.executemany(sql, args).rowcount
+
+    def _read_tx(
+        self, topic: str, group: str, consumer: str, limit: int
+    ) -> tuple[list[LabelRecord], float | None]:
+        """Claim and deliver in one transaction; also returns the next pending deadline."""
+        now = time.time()
+        deadline = now + self.visibility_timeout_s
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO groups VALUES (?, ?, 0)", (topic, group))
+            claimed = conn.execute(
+                "SELECT offset, deliveries + 1 FROM pending "
+                "WHERE topic = ? AND grp = ? AND deadline <= ? "
+                "ORDER BY consumer != ?, offset LIMIT ?",
+                (topic, group, now, consumer, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE pending SET consumer = ?, deadline = ?, deliveries = ? "
+                "WHERE topic = ? AND grp = ? AND offset = ?",
+                [(consumer, deadline, n, topic, group, off) for off, n in claimed],
+            )
+            cursor = self._scalar("SELECT cursor FROM groups WHERE topic = ? AND grp = ?",
+                                  (topic, group))
+            end = self._scalar(
+                "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
+            )
+            fresh = range(cursor, min(end, cursor + limit - len(claimed)))
+            conn.executemany(
+                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, 1)",
+                [(topic, group, off, consumer, deadline) for off in fresh],
+            )
+            conn.execute(
+                "UPDATE groups SET cursor = ? WHERE topic = ? AND grp = ?",
+                (fresh.stop if fresh else cursor, topic, group),
+            )
+            order = claimed + [(off, 1) for off in fresh]
+            records = self._fetch(topic, order)
+            next_due = None
+            if not records:
+                next_due = self._scalar(
+                    "SELECT MIN(deadline) FROM pending WHERE topic = ? AND grp = ?", (topic, group)
+                )
+        return records, next_due
+
+    def _fetch(self, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
+        """Load records for (offset, deliveries) pairs, returned in the order given."""
+        rows: dict[int, tuple] = {}
+        offsets = [off for off, _ in order]
+        for i in range(0, len(offsets), _IN_CHUNK):
+            chunk = offsets[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE topic = ? AND offset IN ({marks})"
+            rows.update((r[0], r) for r in self._conn.execute(sql, (topic, *chunk)))
+        return [_to_record(rows[off], n) for off, n in order]
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
+    """The batch as row tuples in ``_RECORD_COLUMNS`` order, without the offset."""
+    n = len(batch)
+    columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
+               "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata}
+    for name, col in columns.items():
+        if col is not None and len(col) != n:
+            raise InvalidInput(f"LabelBatch.{name} has {len(col)} rows, expected {n} (len(ids))")
+    samples: list[bytes | None] = [None] * n
+    shape = dtype = None
+    if batch.samples is not None:
+        if batch.samples.dtype.kind not in "biufc":
+            raise InvalidInput(f"samples must be a numeric array, got dtype {batch.samples.dtype}")
+        little = np.ascontiguousarray(batch.samples, batch.samples.dtype.newbyteorder("<"))
+        samples = [row.tobytes() for row in little]
+        shape, dtype = json.dumps(list(little.shape[1:])), little.dtype.name
+    metadata = [json.dumps(dict(m)) for m in batch.metadata] if batch.metadata else ["{}"] * n
+    return list(zip(
+        [str(i) for i in batch.ids],
+        np.asarray(batch.label, dtype=np.int64).tolist(),
+        np.asarray(batch.confidence, dtype=np.float64).tolist(),
+        np.asarray(batch.weight, dtype=np.float64).tolist(),
+        np.asarray(batch.threshold, dtype=np.float64).tolist(),
+        [batch.teacher_version] * n, [batch.policy] * n, [created_at] * n,
+        samples, [shape] * n, [dtype] * n, metadata,
+    ))
+
+
+def _to_record(row: tuple, deliveries: int) -> LabelRecord:
+    off, sid, label, conf, weight, thr, version, policy, created, sample, shape, dtype, meta = row
+    return LabelRecord(
+        offset=off, sample_id=sid, label=label, confidence=conf, weight=weight, threshold=thr,
+        teacher_version=version, policy=policy, created_at=created, deliveries=deliveries,
+        sample=None if sample is None else bytes(sample),
+        shape=None if shape is None else tuple(json.loads(shape)),
+        dtype=dtype, metadata=json.loads(meta),
+    )
