@@ -1,1 +1,1 @@
-"""pseudostream.proto"""
+"""The wire contract: ``pseudostream/v1/labeler.proto`` and its generated stubs (``v1``)."""

@@ -1,0 +1,205 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("data", "shape", "dtype")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class Metadata(_message.Message):
+    __slots__ = ("entries",)
+    class EntriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.ScalarMap[str, str]
+    def __init__(self, entries: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LabelRequest(_message.Message):
+    __slots__ = ("topic", "ids", "inputs", "metadata", "request_id")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    inputs: Tensor
+    metadata: _containers.RepeatedCompositeFieldContainer[Metadata]
+    request_id: str
+    def __init__(self, topic: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Iterable[_Union[Metadata, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LabelResponse(_message.Message):
+    __slots__ = ("request_id", "ids", "accepted", "label", "confidence", "weight", "threshold", "reason", "offset", "teacher_version", "policy", "positive", "negative")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    accepted: _containers.RepeatedScalarFieldContainer[bool]
+    label: _containers.RepeatedScalarFieldContainer[int]
+    confidence: _containers.RepeatedScalarFieldContainer[float]
+    weight: _containers.RepeatedScalarFieldContainer[float]
+    threshold: _containers.RepeatedScalarFieldContainer[float]
+    reason: _containers.RepeatedScalarFieldContainer[str]
+    offset: _containers.RepeatedScalarFieldContainer[int]
+    teacher_version: _containers.RepeatedScalarFieldContainer[str]
+    policy: str
+    positive: _containers.RepeatedCompositeFieldContainer[ClassList]
+    negative: _containers.RepeatedCompositeFieldContainer[ClassList]
+    def __init__(self, request_id: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., accepted: _Optional[_Iterable[bool]] = ..., label: _Optional[_Iterable[int]] = ..., confidence: _Optional[_Iterable[float]] = ..., weight: _Optional[_Iterable[float]] = ..., threshold: _Optional[_Iterable[float]] = ..., reason: _Optional[_Iterable[str]] = ..., offset: _Optional[_Iterable[int]] = ..., teacher_version: _Optional[_Iterable[str]] = ..., policy: _Optional[str] = ..., positive: _Optional[_Iterable[_Union[ClassList, _Mapping]]] = ..., negative: _Optional[_Iterable[_Union[ClassList, _Mapping]]] = ...) -> None: ...
+
+class ClassList(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, classes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("topic", "group", "consumer", "max_batch", "include_samples")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    group: str
+    consumer: str
+    max_batch: int
+    include_samples: bool
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: _Optional[bool] = ...) -> None: ...
+
+class PseudoLabel(_message.Message):
+    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    id: str
+    label: int
+    confidence: float
+    weight: float
+    threshold: float
+    teacher_version: str
+    policy: str
+    deliveries: int
+    sample: Tensor
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PseudoLabelBatch(_message.Message):
+    __slots__ = ("topic", "labels")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    labels: _containers.RepeatedCompositeFieldContainer[PseudoLabel]
+    def __init__(self, topic: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[PseudoLabel, _Mapping]]] = ...) -> None: ...
+
+class AckRequest(_message.Message):
+    __slots__ = ("topic", "group", "consumer", "offsets")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    group: str
+    consumer: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AckResponse(_message.Message):
+    __slots__ = ("acked", "committed_offset")
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    committed_offset: int
+    def __init__(self, acked: _Optional[int] = ..., committed_offset: _Optional[int] = ...) -> None: ...
+
+class GetTopicRequest(_message.Message):
+    __slots__ = ("topic", "groups")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TopicState(_message.Message):
+    __slots__ = ("topic", "teacher", "teacher_version", "policy", "thresholds", "classes", "samples", "accepted", "accepted_per_class", "log_end_offset", "group_lag", "group_committed")
+    class GroupLagEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class GroupCommittedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    LOG_END_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    GROUP_LAG_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    teacher: str
+    teacher_version: str
+    policy: str
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    samples: int
+    accepted: int
+    accepted_per_class: _containers.RepeatedScalarFieldContainer[int]
+    log_end_offset: int
+    group_lag: _containers.ScalarMap[str, int]
+    group_committed: _containers.ScalarMap[str, int]
+    def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ...) -> None: ...
