@@ -1,0 +1,108 @@
+"""The labeling server process: gRPC (with health and reflection), /metrics, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pseudostream.proto.v1 import labeler_pb2 as pb
+from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
+from pseudostream.server.config import ServiceConfig
+from pseudostream.server.core import LabelingCore
+from pseudostream.server.interceptors import ErrorMappingInterceptor
+from pseudostream.server.metrics import ServiceMetrics, serve_metrics
+from pseudostream.server.service import LabelerServicer
+
+__all__ = ["LabelingServer", "serve_forever"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Labeler"].full_name
+
+
+class LabelingServer:
+    """Runs a LabelingCore behind grpc.aio. ``async with LabelingServer(cfg) as s: s.address``."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics()
+        self.core = LabelingCore(config, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self._server: aio.Server | None = None
+        self._metrics_http: object | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port clients connect to."""
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start the core, then listen; health turns SERVING once everything is up."""
+        await self.core.start()
+        options = [
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+        ]
+        server = aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)], options=options)
+        pb_grpc.add_LabelerServicer_to_server(LabelerServicer(self.core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        self._server = server
+        if self.config.metrics_port is not None:
+            self._metrics_http, _, self.metrics_port = serve_metrics(
+                self.metrics, self.config.metrics_host, self.config.metrics_port)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("labeling service on %s (metrics port %s)", self.address, self.metrics_port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking new RPCs, let in-flight ones finish within ``grace``, drain, checkpoint."""
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s if grace is None else grace)
+            self._server = None
+        await self.core.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()  # type: ignore[attr-defined]
+            self._metrics_http.server_close()  # type: ignore[attr-defined]
+            self._metrics_http = None
+
+    async def wait(self) -> None:
+        """Block until the server terminates."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> "LabelingServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve_forever(config: ServiceConfig,
+                        on_ready: Callable[[LabelingServer], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully; ``on_ready`` runs once listening."""
+    server = LabelingServer(config)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -1,0 +1,141 @@
+"""The embedded default teacher: the ONNX model run in-process by ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pseudostream.models.card import TeacherCard
+from pseudostream.server.backends.base import BACKENDS, TeacherBackend, TeacherMetadata, TeacherOutput
+from pseudostream.server.errors import TeacherUnavailable
+
+__all__ = ["OnnxRuntimeBackend", "metadata_from_card"]
+
+log = logging.getLogger(__name__)
+
+
+
+def metadata_from_card(card: TeacherCard) -> TeacherMetadata:
+    """The service's view of a teacher card."""
+    return TeacherMetadata(
+        name=card.name,
+        version=str(card.version),
+        task=card.task,
+        classes=tuple(card.classes),
+        input_name=card.input_name,
+        input_shape=tuple(int(d) for d in card.input_shape),
+        input_dtype=np.dtype(card.input_dtype),
+        temperature=float(card.temperature),
+    )
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    session: ort.InferenceSession
+    metadata: TeacherMetadata
+    output_names: tuple[str, ...]  # logits, then features when the model exports them
+
+
+@BACKENDS.register("onnxruntime")
+class OnnxRuntimeBackend(TeacherBackend):
+    """ONNX Runtime session on a worker thread; version swaps replace the session atomically.
+
+    ``intra_op_threads`` pins ORT's thread pool (0 keeps ORT's default) so that inference and the
+    gRPC event loop do not oversubscribe the cores. ``providers`` picks execution providers in
+    order of preference; those ONNX Runtime does not offer here are skipped (CPU always remains).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        intra_op_threads: int = 0,
+        providers: list[str] | None = None,
+    ) -> None:
+        self._model_dir = Path(model_dir)
+        self._intra_op_threads = intra_op_threads
+        self._providers = providers
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-infer")
+        self._loaded: _Loaded | None = None
+
+    @property
+    def metadata(self) -> TeacherMetadata:
+        if self._loaded is None:
+            raise TeacherUnavailable(f"teacher in {self._model_dir} is not started")
+        return self._loaded.metadata
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the current session runs on."""
+        return [] if self._loaded is None else self._loaded.session.get_providers()
+
+    async def start(self) -> None:
+        await self.load_version(self._model_dir)
+
+    async def load_version(self, model_dir: str | Path) -> str:
+        loop = asyncio.get_running_loop()
+        # Build the new session off the event loop, then swap: batches already running keep
+        # the session object they captured.
+        loaded = await loop.run_in_executor(None, self._load, Path(model_dir))
+        self._loaded = loaded
+        self._model_dir = Path(model_dir)
+        log.info("teacher %s version %s serving on %s", loaded.metadata.name,
+                 loaded.metadata.version, loaded.session.get_providers())
+        return loaded.metadata.version
+
+    def _load(self, model_dir: Path) -> _Loaded:
+        try:
+            card = TeacherCard.load(model_dir)
+            options = ort.SessionOptions()
+            if self._intra_op_threads:
+                options.intra_op_num_threads = self._intra_op_threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(
+                str(model_dir / "model.onnx"), options, providers=self._pick_providers()
+            )
+        except Exception as exc:  # OSError, ValueError, and ORT's own pybind error types
+            raise TeacherUnavailable(f"cannot load teacher from {model_dir}: {exc}") from exc
+        outputs = [o.name for o in session.get_outputs()]
+        if card.logits_name not in outputs:
+            raise TeacherUnavailable(
+                f"model in {model_dir} has outputs {outputs}; expected {card.logits_name!r}"
+            )
+        names = [card.logits_name] + ([card.features_name] if card.features_name in outputs else [])
+        return _Loaded(session, metadata_from_card(card), tuple(names))
+
+    def _pick_providers(self) -> list[str]:
+        available = ort.get_available_providers()
+        wanted = self._providers or available
+        chosen = [p for p in wanted if p in available]
+        skipped = [p for p in wanted if p not in available]
+        if skipped:
+            log.warning("execution providers not available here, skipped: %s", skipped)
+        return chosen or ["CPUExecutionProvider"]
+
+    async def infer(self, batch: np.ndarray) -> TeacherOutput:
+        loaded = self._loaded
+        if loaded is None:
+            raise TeacherUnavailable(f"teacher in {self._model_dir} is not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, loaded, batch)
+
+    @staticmethod
+    def _run(loaded: _Loaded, batch: np.ndarray) -> TeacherOutput:
+        meta = loaded.metadata
+        try:
+            results = loaded.session.run(list(loaded.output_names), {meta.input_name: batch})
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise TeacherUnavailable(f"teacher {meta.name} v{meta.version} failed: {exc}") from exc
+        features = results[1] if len(results) > 1 else None
+        return TeacherOutput(logits=results[0], features=features, teacher_version=meta.version,
+                             temperature=meta.temperature)
+
+    async def close(self) -> None:
+        self._loaded = None
+        self._executor.shutdown(wait=True)

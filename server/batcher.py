@@ -1,0 +1,159 @@
+"""Micro-batching across streams: samples of many clients share one teacher batch.
+
+The policy is two plain functions (``take_batch``, ``batch_wait``), unit-tested without a
+server; ``MicroBatcher`` is the asyncio loop around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pseudostream.server.errors import Overloaded
+
+__all__ = ["WorkItem", "take_batch", "batch_wait", "MicroBatcher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """Samples of one request (or one chunk of it) waiting for the teacher."""
+
+    topic: str
+    ids: Sequence[str]
+    inputs: np.ndarray  # [n, *input_shape]
+    metadata: Sequence[Mapping[str, str]] | None = None
+    future: asyncio.Future[Any] | None = None
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+def take_batch(queue: deque[WorkItem], max_batch: int) -> list[WorkItem]:
+    """Pop items from the front of ``queue`` while their samples fit in ``max_batch``.
+
+    Items whose caller has gone (future done or cancelled) are dropped. The first live item is
+    always taken, so an item larger than ``max_batch`` still makes progress (callers split
+    requests into chunks of at most ``max_batch`` samples, so this does not happen in the service).
+    """
+    batch: list[WorkItem] = []
+    total = 0
+    while queue:
+        item = queue[0]
+        if item.future is not None and item.future.done():
+            queue.popleft()
+            continue
+        if batch and total + item.size > max_batch:
+            break
+        batch.append(queue.popleft())
+        total += item.size
+    return batch
+
+
+def batch_wait(queued: int, oldest_enqueued_at: float, now: float, max_batch: int,
+               max_delay_s: float) -> float:
+    """Seconds to wait before cutting a batch: 0 when ``max_batch`` samples are queued or the
+    oldest item has waited ``max_delay_s``; otherwise the time left until that deadline."""
+    if queued >= max_batch:
+        return 0.0
+    return max(0.0, oldest_enqueued_at + max_delay_s - now)
+
+
+class MicroBatcher:
+    """Coalesces WorkItems of all streams of one teacher into batches for ``process``.
+
+    ``process(batch)`` must resolve every item's future. The queue is bounded by
+    ``max_queue_samples``: ``submit`` raises Overloaded (RESOURCE_EXHAUSTED) when it is full.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[WorkItem]], Awaitable[None]],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue_samples: int,
+        name: str = "teacher",
+    ) -> None:
+        self._process = process
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue_samples = max_queue_samples
+        self.name = name
+        self._queue: deque[WorkItem] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_samples(self) -> int:
+        """Samples waiting for a batch."""
+        return self._queued
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Finish the batches already queued, then stop the loop."""
+        if self._task is None:
+            return
+        while self._queue:
+            await asyncio.sleep(0.005)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    def submit(self, item: WorkItem) -> asyncio.Future[Any]:
+        """Queue ``item``; returns the future ``process`` resolves with its result."""
+        if self._queued + item.size > self.max_queue_samples:
+            raise Overloaded(
+                f"teacher {self.name!r} queue is full ({self._queued} samples queued, limit "
+                f"{self.max_queue_samples}); retry after a short backoff",
+                retry_after_s=max(self.max_delay_s * 4, 0.05),
+            )
+        item.future = asyncio.get_running_loop().create_future()
+        self._queue.append(item)
+        self._queued += item.size
+        self._wakeup.set()
+        return item.future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            wait = batch_wait(self._queued, self._queue[0].enqueued_at, time.monotonic(),
+                              self.max_batch, self.max_delay_s)
+            if wait > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            batch = take_batch(self._queue, self.max_batch)
+            self._queued = sum(item.size for item in self._queue)
+            if not batch:
+                continue
+            try:
+                await self._process(batch)
+            except Exception as exc:  # process failed as a whole: every caller hears it
+                log.warning("batch of %d items failed: %s", len(batch), exc)
+                for item in batch:
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(exc)

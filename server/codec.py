@@ -1,0 +1,129 @@
+"""Proto <-> numpy at the service boundary, with the input checks that say what was expected.
+
+Tensors are decoded zero-copy: ``np.frombuffer`` views the request's bytes (read-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from pseudostream.proto.v1 import labeler_pb2 as pb
+from pseudostream.server.backends.base import TeacherMetadata
+from pseudostream.server.errors import InvalidInput
+from pseudostream.server.labellog.base import LabelRecord
+from pseudostream.server.pipeline import LabelOutcome
+
+__all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
+           "encode_label_response", "encode_records", "MAX_ID_LENGTH"]
+
+MAX_ID_LENGTH = 256
+_DTYPES = {"float32", "float16", "float64", "uint8", "int8", "int16", "int32", "int64", "bool"}
+
+
+@dataclass
+class LabelInput:
+    """A validated LabelRequest."""
+
+    topic: str
+    ids: Sequence[str]
+    inputs: np.ndarray
+    metadata: Sequence[Mapping[str, str]] | None
+    request_id: str
+
+
+def decode_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
+    """A read-only numpy view of ``tensor``'s bytes; InvalidInput if dtype, shape or size is off."""
+    if tensor.dtype not in _DTYPES:
+        raise InvalidInput(f"{what}: unsupported dtype {tensor.dtype!r}; use one of {sorted(_DTYPES)}")
+    shape = tuple(tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidInput(f"{what}: shape {list(shape)} must be non-empty with sizes >= 0")
+    dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidInput(
+            f"{what}: {len(tensor.data)} bytes do not match shape {list(shape)} of "
+            f"{tensor.dtype} ({expected} bytes expected, little-endian, C order)"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def encode_tensor(array: np.ndarray) -> pb.Tensor:
+    """Raw little-endian C-order bytes of ``array`` with its shape and dtype name."""
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return pb.Tensor(data=a.tobytes(), shape=list(a.shape), dtype=a.dtype.name)
+
+
+def decode_label_request(request: pb.LabelRequest, teacher: TeacherMetadata,
+                         max_sample_bytes: int) -> LabelInput:
+    """Validate ``request`` against the topic's teacher; InvalidInput says what was expected."""
+    n = len(request.ids)
+    if n == 0:
+        raise InvalidInput("empty batch: send at least one sample id with its tensor")
+    if not request.HasField("inputs"):
+        raise InvalidInput(f"missing inputs: expected a tensor of shape [{n}, "
+                           f"{', '.join(map(str, teacher.input_shape))}]")
+    inputs = decode_tensor(request.inputs, "inputs")
+    expected_shape = (n, *teacher.input_shape)
+    if inputs.dtype != teacher.input_dtype:
+        raise InvalidInput(f"inputs: dtype {inputs.dtype.name} given, teacher {teacher.name} "
+                           f"expects {teacher.input_dtype.name}")
+    if inputs.shape != expected_shape:
+        raise InvalidInput(f"inputs: shape {list(inputs.shape)} given, expected "
+                           f"{list(expected_shape)} ({n} ids x sample shape "
+                           f"{list(teacher.input_shape)})")
+    if inputs.nbytes // n > max_sample_bytes:
+        raise InvalidInput(f"inputs: {inputs.nbytes // n} bytes per sample, limit {max_sample_bytes}")
+    ids = list(request.ids)
+    if len(set(ids)) != n:
+        raise InvalidInput("ids: duplicate sample ids in one request; ids must be unique")
+    if any(not i or len(i) > MAX_ID_LENGTH for i in ids):
+        raise InvalidInput(f"ids: every id must be 1..{MAX_ID_LENGTH} characters")
+    metadata = None
+    if request.metadata:
+        if len(request.metadata) != n:
+            raise InvalidInput(f"metadata: {len(request.metadata)} entries for {n} ids; "
+                               "send none or one per id")
+        metadata = [dict(m.entries) for m in request.metadata]
+    return LabelInput(request.topic, ids, inputs, metadata, request.request_id)
+
+
+def encode_label_response(request_id: str, ids: Sequence[str], outcome: LabelOutcome) -> pb.LabelResponse:
+    """Columns of one decision per sample, in the request's order."""
+    d = outcome.decisions
+    response = pb.LabelResponse(request_id=request_id, policy=outcome.policy)
+    response.ids.extend(ids)
+    response.accepted.extend(d.accept.tolist())
+    response.label.extend(d.label.tolist())
+    response.confidence.extend(d.confidence.tolist())
+    response.weight.extend(d.weight.tolist())
+    response.threshold.extend(d.threshold.tolist())
+    response.reason.extend(d.reason.tolist())
+    response.offset.extend(outcome.offsets.tolist())
+    response.teacher_version.extend(outcome.teacher_version.tolist())
+    if d.positive is not None:
+        response.positive.extend(pb.ClassList(classes=np.flatnonzero(r).tolist()) for r in d.positive)
+    if d.negative is not None:
+        response.negative.extend(pb.ClassList(classes=np.flatnonzero(r).tolist()) for r in d.negative)
+    return response
+
+
+def encode_records(topic: str, records: Sequence[LabelRecord], include_samples: bool) -> pb.PseudoLabelBatch:
+    """A batch of delivered pseudo-labels."""
+    batch = pb.PseudoLabelBatch(topic=topic)
+    for r in records:
+        label = batch.labels.add(
+            offset=r.offset, id=r.sample_id, label=r.label, confidence=r.confidence,
+            weight=r.weight, threshold=r.threshold, teacher_version=r.teacher_version,
+            policy=r.policy, deliveries=r.deliveries, metadata=dict(r.metadata),
+        )
+        if include_samples and r.sample is not None and r.shape is not None and r.dtype:
+            label.sample.data = r.sample
+            label.sample.shape.extend(r.shape)
+            label.sample.dtype = r.dtype
+    return batch

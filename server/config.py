@@ -1,0 +1,129 @@
+"""Typed service configuration: one YAML file, overridable by ``PSEUDOSTREAM_*`` variables.
+
+Nested fields use ``__`` in variable names, e.g. ``PSEUDOSTREAM_LABEL_LOG__PATH=/data/labels.db``
+or ``PSEUDOSTREAM_PORT=50051``. Environment variables override the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pseudostream.server.errors import ConfigError
+
+__all__ = [
+    "TeacherConfig",
+    "PolicyConfig",
+    "TopicConfig",
+    "LabelLogConfig",
+    "ServiceConfig",
+    "load_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(_Strict):
+    """One teacher model and how it is batched."""
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    model_dir: Path = Field(description="folder holding model.onnx and teacher.json")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: ORT's default)")
+    providers: list[str] | None = Field(None, description="ORT execution providers, best first")
+    max_batch: int = Field(128, ge=1, description="most samples per inference batch")
+    max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
+    max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
+
+
+class PolicyConfig(_Strict):
+    """A threshold policy by registry name, with its parameters."""
+
+    name: str = "fixed"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TopicConfig(_Strict):
+    """One labeling stream: a teacher, a threshold policy and its label-log topic."""
+
+    teacher: str
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    store_samples: bool = Field(True, description="keep sample tensors in the log for trainers")
+    max_sample_bytes: int = Field(1 << 20, ge=1, description="largest accepted sample tensor")
+
+
+class LabelLogConfig(_Strict):
+    """Where accepted labels are kept."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    path: Path = Path("pseudostream-labels.db")
+    visibility_timeout_s: float = Field(30.0, gt=0)
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class ServiceConfig(BaseSettings):
+    """The whole service. ``port`` 0 picks a free port; ``metrics_port`` None disables /metrics."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PSEUDOSTREAM_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(9464, ge=0, le=65535)
+    max_message_bytes: int = Field(64 << 20, ge=1 << 20)
+    max_inflight_per_stream: int = Field(64, ge=1, description="requests in flight on one stream")
+    checkpoint_every: int = Field(50, ge=1, description="policy checkpoint every N batches")
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
+    topics: dict[str, TopicConfig] = Field(default_factory=dict)
+    label_log: LabelLogConfig = Field(default_factory=LabelLogConfig)
+
+    @model_validator(mode="after")
+    def _topics_name_known_teachers(self) -> "ServiceConfig":
+        for name, topic in self.topics.items():
+            if topic.teacher not in self.teachers:
+                known = ", ".join(sorted(self.teachers)) or "(none)"
+                raise ValueError(f"topic {name!r} names teacher {topic.teacher!r}; known: {known}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides what the YAML file (passed as init values) says.
+        return env_settings, init_settings
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServiceConfig:
+    """Read ``path`` (YAML) if given, apply ``overrides`` and the environment, and validate.
+
+    Raises ConfigError with every problem found, each with its field path.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: expected a mapping at the top level")
+    data.update(overrides)
+    try:
+        return ServiceConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from None

@@ -1,0 +1,151 @@
+"""The transport-neutral labeling core: teachers, batchers, topics and the label log.
+
+The gRPC servicer is a thin layer over this; tests and the demo can drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from pseudostream.server.backends import TeacherBackend, make_backend
+from pseudostream.server.batcher import MicroBatcher, WorkItem
+from pseudostream.server.codec import LabelInput
+from pseudostream.server.config import ServiceConfig
+from pseudostream.server.errors import InvalidInput, UnknownName
+from pseudostream.server.labellog.base import LabelLog
+from pseudostream.server.labellog.factory import make_label_log
+from pseudostream.server.metrics import ServiceMetrics
+from pseudostream.server.pipeline import LabelOutcome, TeacherPipeline
+from pseudostream.server.topic import TopicRuntime
+
+__all__ = ["LabelingCore", "TopicSnapshot"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TopicSnapshot:
+    """Live state of a topic (GetTopic)."""
+
+    topic: str
+    teacher: str
+    teacher_version: str
+    policy: str
+    thresholds: list[float]
+    classes: list[str]
+    samples: int
+    accepted: int
+    accepted_per_class: list[int]
+    log_end_offset: int
+    group_lag: dict[str, int] = field(default_factory=dict)
+    group_committed: dict[str, int] = field(default_factory=dict)
+
+
+class LabelingCore:
+    """Owns every long-lived part of the service; ``start``/``stop`` bring them up and down."""
+
+    def __init__(self, config: ServiceConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self.log: LabelLog | None = None
+        self.backends: dict[str, TeacherBackend] = {}
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.topics: dict[str, TopicRuntime] = {}
+        self.ready = False
+
+    async def start(self) -> None:
+        """Open the label log, load every teacher, restore topic state, start the batchers."""
+        self.log = make_label_log(self.config.label_log)
+        for name, tcfg in self.config.teachers.items():
+            backend = make_backend(tcfg)
+            await backend.start()
+            self.backends[name] = backend
+            self.metrics.teacher.labels(name).info({"version": backend.metadata.version})
+        for name, topic_cfg in self.config.topics.items():
+            teacher = self.backends[topic_cfg.teacher].metadata
+            topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
+            await topic.restore()
+            self.topics[name] = topic
+            self.metrics.set_thresholds(name, topic.classes, topic.policy.thresholds())
+        for name, tcfg in self.config.teachers.items():
+            topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
+            pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
+            batcher = MicroBatcher(pipeline.process, max_batch=tcfg.max_batch,
+                                   max_delay_s=tcfg.max_delay_ms / 1000.0,
+                                   max_queue_samples=tcfg.max_queue_samples, name=name)
+            batcher.start()
+            self.metrics.track_queue(name, lambda b=batcher: b.queued_samples)
+            self.batchers[name] = batcher
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Drain queued batches, checkpoint every topic, close teachers and the log."""
+        self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        for topic in self.topics.values():
+            try:
+                await topic.checkpoint()
+            except Exception as exc:  # keep closing the rest
+                log.warning("topic %s: final checkpoint failed: %s", topic.name, exc)
+        for backend in self.backends.values():
+            await backend.close()
+        if self.log is not None:
+            await self.log.close()
+        self.batchers.clear()
+        self.backends.clear()
+
+    def topic(self, name: str) -> TopicRuntime:
+        """The topic named ``name``; UnknownName lists the configured topics."""
+        try:
+            return self.topics[name]
+        except KeyError:
+            known = ", ".join(sorted(self.topics)) or "(none)"
+            raise UnknownName(f"unknown topic {name!r}; configured topics: {known}") from None
+
+    async def label(self, request: LabelInput) -> LabelOutcome:
+        """Decide for every sample of a validated request (split into batcher-sized chunks)."""
+        topic = self.topic(request.topic)
+        batcher = self.batchers[topic.config.teacher]
+        step = batcher.max_batch
+        futures = []
+        for start in range(0, len(request.ids), step):
+            end = start + step
+            meta = request.metadata[start:end] if request.metadata else None
+            futures.append(batcher.submit(WorkItem(topic.name, request.ids[start:end],
+                                                   request.inputs[start:end], meta)))
+        return LabelOutcome.concat(await asyncio.gather(*futures))
+
+    async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> tuple[int, int]:
+        """Ack ``offsets`` for ``group``; returns (newly acked, committed offset)."""
+        self.topic(topic)
+        if not group:
+            raise InvalidInput("ack: group must be non-empty")
+        assert self.log is not None
+        acked = await self.log.ack(topic, group, offsets)
+        self.metrics.acked.labels(topic, group).inc(acked)
+        return acked, await self.log.committed(topic, group)
+
+    async def snapshot(self, name: str, groups: Sequence[str] = ()) -> TopicSnapshot:
+        """GetTopic: live policy, thresholds, counts, teacher version and lag."""
+        topic = self.topic(name)
+        assert self.log is not None
+        snap = TopicSnapshot(
+            topic=name,
+            teacher=topic.config.teacher,
+            teacher_version=self.backends[topic.config.teacher].metadata.version,
+            policy=topic.policy.name,
+            thresholds=[float(t) for t in topic.policy.thresholds()],
+            classes=list(topic.classes),
+            samples=topic.samples,
+            accepted=topic.accepted,
+            accepted_per_class=topic.accepted_per_class.tolist(),
+            log_end_offset=await self.log.end_offset(name),
+        )
+        for group in groups:
+            snap.group_lag[group] = await self.log.lag(name, group)
+            snap.group_committed[group] = await self.log.committed(name, group)
+        return snap

@@ -1,0 +1,95 @@
+"""The one place where exceptions become gRPC status codes (and RPC metrics are recorded).
+
+Every PseudostreamError carries its status code; anything else is a bug and answers INTERNAL
+with a generic message (the traceback goes to the log, not to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from grpc import aio
+
+from pseudostream.server.errors import Overloaded, PseudostreamError
+from pseudostream.server.metrics import ServiceMetrics
+
+__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY"]
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+async def _abort(context: aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, PseudostreamError):
+        if isinstance(exc, Overloaded):
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))),))
+        await context.abort(exc.code, str(exc))
+    log.exception("unexpected error in RPC", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
+
+
+def _code(context: aio.ServicerContext) -> str:
+    code = context.code()
+    return "OK" if code is None else getattr(code, "name", str(code))
+
+
+class ErrorMappingInterceptor(aio.ServerInterceptor):
+    """Maps the exception tree to status codes and counts RPCs by method and code."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/pseudostream."):
+            return handler
+        rpc = details.method.rsplit("/", 1)[-1]
+        if handler.response_streaming:
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            wrapped = self._wrap_streaming(rpc, behavior)
+            factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming \
+                else grpc.unary_stream_rpc_method_handler
+        else:
+            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            wrapped = self._wrap_unary(rpc, behavior)
+            factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming \
+                else grpc.unary_unary_rpc_method_handler
+        return factory(wrapped, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap_unary(self, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            except Exception as exc:
+                if isinstance(exc, aio.AbortError):
+                    raise
+                await _abort(context, exc)
+            finally:
+                self._metrics.rpcs.labels(rpc, _code(context)).inc()
+                self._metrics.rpc_latency.labels(rpc).observe(time.perf_counter() - started)
+
+        return unary
+
+    def _wrap_streaming(self, rpc: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def streaming(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:
+                if isinstance(exc, aio.AbortError):
+                    raise
+                await _abort(context, exc)
+            finally:
+                self._metrics.rpcs.labels(rpc, _code(context)).inc()
+
+        return streaming

@@ -1,0 +1,80 @@
+"""Prometheus metrics of the service (prometheus-client), on a registry of its own.
+
+Names follow Prometheus conventions: ``pseudostream_`` prefix, base units (seconds), ``_total``
+for counters (added by the client library).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+__all__ = ["ServiceMetrics", "serve_metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServiceMetrics:
+    """All metric families of one service instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter("pseudostream_rpcs", "RPCs finished, by method and status code",
+                            ["rpc", "code"], registry=r)
+        self.rpc_latency = Histogram("pseudostream_rpc_latency_seconds",
+                                     "Latency of unary RPCs and of each Label request",
+                                     ["rpc"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.samples = Counter("pseudostream_samples", "Samples received for labeling",
+                               ["topic"], registry=r)
+        self.accepted = Counter("pseudostream_accepted", "Pseudo-labels accepted, by class",
+                                ["topic", "class"], registry=r)
+        self.rejected = Counter("pseudostream_rejected", "Samples rejected, by reason",
+                                ["topic", "reason"], registry=r)
+        self.threshold = Gauge("pseudostream_threshold", "Current selection threshold per class",
+                               ["topic", "class"], registry=r)
+        self.appended = Counter("pseudostream_label_log_appended", "Records appended to the label log",
+                                ["topic"], registry=r)
+        self.acked = Counter("pseudostream_label_log_acked", "Records acked by trainers",
+                             ["topic", "group"], registry=r)
+        self.batch_size = Histogram("pseudostream_batch_size", "Samples per teacher batch",
+                                    ["teacher"], buckets=_BATCH_BUCKETS, registry=r)
+        self.inference_latency = Histogram("pseudostream_inference_latency_seconds",
+                                           "Teacher inference time per batch", ["teacher"],
+                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("pseudostream_queue_depth_samples",
+                                 "Samples waiting for a teacher batch", ["teacher"], registry=r)
+        self.backend_errors = Counter("pseudostream_backend_errors", "Teacher backend failures",
+                                      ["teacher", "code"], registry=r)
+        self.teacher = Info("pseudostream_teacher", "Served teacher version", ["teacher"], registry=r)
+
+    def observe_decisions(self, topic: str, classes: tuple[str, ...], accept: np.ndarray,
+                          label: np.ndarray, reason: np.ndarray) -> None:
+        """Count one batch of decisions of ``topic`` (vectorized: one inc per class seen)."""
+        self.samples.labels(topic).inc(int(accept.size))
+        counts = np.bincount(label[accept & (label >= 0)], minlength=len(classes))
+        for c in np.flatnonzero(counts):
+            self.accepted.labels(topic, classes[c]).inc(int(counts[c]))
+        if not accept.all():
+            reasons, n = np.unique(reason[~accept], return_counts=True)
+            for why, k in zip(reasons.tolist(), n.tolist()):
+                self.rejected.labels(topic, why).inc(k)
+
+    def set_thresholds(self, topic: str, classes: tuple[str, ...], thresholds: np.ndarray) -> None:
+        """Publish the current per-class thresholds of ``topic``."""
+        for name, value in zip(classes, thresholds.tolist()):
+            self.threshold.labels(topic, name).set(value)
+
+    def track_queue(self, teacher: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the queue depth of ``teacher`` at each scrape."""
+        self.queue_depth.labels(teacher).set_function(depth)
+
+
+def serve_metrics(metrics: ServiceMetrics, host: str, port: int) -> tuple[object, threading.Thread, int]:
+    """Serve /metrics over HTTP on (host, port); port 0 picks one. Returns (server, thread, port)."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server, thread, int(server.server_port)

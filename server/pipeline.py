@@ -1,0 +1,151 @@
+"""One teacher batch through the hot path: infer, calibrate, select per topic, append, answer.
+
+Everything here is batched numpy: no per-sample Python loop between the batcher and the label
+log. A failure (teacher down, label log error) fails every item of the batch, so no producer is
+ever told a label was accepted that is not in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from pseudostream.server.backends.base import TeacherBackend
+from pseudostream.server.batcher import WorkItem
+from pseudostream.server.labellog.base import LabelBatch, LabelLog
+from pseudostream.server.metrics import ServiceMetrics
+from pseudostream.server.selection import Decisions, PolicyBatch
+from pseudostream.server.topic import TopicRuntime
+
+__all__ = ["LabelOutcome", "TeacherPipeline", "calibrated"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelOutcome:
+    """The decisions for one WorkItem, with log offsets (-1 where rejected)."""
+
+    decisions: Decisions
+    offsets: np.ndarray
+    teacher_version: np.ndarray  # [n] str
+    policy: str
+
+    @staticmethod
+    def concat(parts: Sequence["LabelOutcome"]) -> "LabelOutcome":
+        """Join the outcomes of the chunks of one request, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        d = [p.decisions for p in parts]
+
+        def cat(name: str) -> np.ndarray | None:
+            cols = [getattr(x, name) for x in d]
+            return None if any(c is None for c in cols) else np.concatenate(cols)
+
+        decisions = Decisions(**{f: cat(f) for f in (
+            "accept", "label", "confidence", "weight", "threshold", "reason", "positive",
+            "negative", "soft")})
+        return LabelOutcome(decisions, np.concatenate([p.offsets for p in parts]),
+                            np.concatenate([p.teacher_version for p in parts]), parts[0].policy)
+
+
+def calibrated(logits: np.ndarray, temperature: float, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(temperature-scaled logits, probabilities): softmax for multiclass, sigmoid for multilabel."""
+    z = logits.astype(np.float32, copy=False) / np.float32(temperature)
+    if task == "multilabel":
+        return z, 1.0 / (1.0 + np.exp(-z))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return z, e / e.sum(axis=1, keepdims=True)
+
+
+class TeacherPipeline:
+    """Processes the batches the MicroBatcher of one teacher cuts."""
+
+    def __init__(self, name: str, backend: TeacherBackend, topics: Mapping[str, TopicRuntime],
+                 label_log: LabelLog, metrics: ServiceMetrics) -> None:
+        self.name = name
+        self.backend = backend
+        self.topics = topics
+        self.log = label_log
+        self.metrics = metrics
+
+    async def process(self, items: list[WorkItem]) -> None:
+        """Label ``items`` (one teacher batch) and resolve their futures."""
+        x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
+        started = time.perf_counter()
+        try:
+            out = await self.backend.infer(x)
+        except Exception as exc:
+            self.metrics.backend_errors.labels(self.name, type(exc).__name__).inc()
+            raise
+        self.metrics.inference_latency.labels(self.name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(self.name).observe(x.shape[0])
+        logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
+
+        starts = np.cumsum([0] + [i.size for i in items])
+        by_topic: dict[str, list[int]] = {}
+        for k, item in enumerate(items):
+            by_topic.setdefault(item.topic, []).append(k)
+        for topic_name, members in by_topic.items():
+            group = [items[k] for k in members]
+            try:
+                parts = await self._label_topic(self.topics[topic_name], group, starts[members],
+                                                x, logits, probs, out.teacher_version)
+            except Exception as exc:
+                log.warning("topic %s: batch failed: %s", topic_name, exc)
+                for item in group:
+                    if item.future is not None and not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, part in zip(group, parts):
+                if item.future is not None and not item.future.done():
+                    item.future.set_result(part)
+
+    async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
+                           x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
+                           version: str) -> list[LabelOutcome]:
+        sizes = np.array([i.size for i in group])
+        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
+        ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
+        decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows]))
+        offsets = np.full(rows.size, -1, np.int64)
+        accepted = np.flatnonzero(decisions.accept)
+        if accepted.size:
+            meta = _metadata_rows(group, accepted)
+            batch = LabelBatch(
+                ids=ids[accepted].tolist(),
+                label=decisions.label[accepted],
+                confidence=decisions.confidence[accepted],
+                weight=decisions.weight[accepted],
+                threshold=decisions.threshold[accepted],
+                teacher_version=version,
+                policy=topic.policy.name,
+                samples=x[rows[accepted]] if topic.config.store_samples else None,
+                metadata=meta,
+            )
+            offsets[accepted] = await self.log.append(topic.name, batch)
+            self.metrics.appended.labels(topic.name).inc(int(accepted.size))
+        self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
+                                       decisions.label, decisions.reason)
+        if topic.checkpoint_due:
+            await topic.checkpoint()
+            self.metrics.set_thresholds(topic.name, topic.classes, topic.policy.thresholds())
+        versions = np.full(rows.size, version, dtype=object)
+        bounds = np.cumsum(np.concatenate([[0], sizes]))
+        return [
+            LabelOutcome(decisions.take(slice(a, b)), offsets[a:b], versions[a:b], topic.policy.name)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+
+
+def _metadata_rows(group: list[WorkItem], accepted: np.ndarray) -> list[Mapping[str, str]] | None:
+    if all(not i.metadata for i in group):
+        return None
+    rows: list[Mapping[str, str]] = []
+    for item in group:
+        rows.extend(item.metadata if item.metadata else [{}] * item.size)
+    return [rows[k] for k in accepted.tolist()]

@@ -1,0 +1,94 @@
+"""The gRPC servicer: proto -> validated numpy -> core -> proto. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from grpc import aio
+
+from pseudostream.proto.v1 import labeler_pb2 as pb
+from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
+from pseudostream.server import codec
+from pseudostream.server.core import LabelingCore
+from pseudostream.server.errors import InvalidInput, PseudostreamError
+
+__all__ = ["LabelerServicer"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_SUBSCRIBE_BATCH = 256
+_SUBSCRIBE_POLL_S = 0.5
+
+
+class LabelerServicer(pb_grpc.LabelerServicer):
+    """Implements pseudostream.v1.Labeler over a LabelingCore."""
+
+    def __init__(self, core: LabelingCore) -> None:
+        self.core = core
+
+    async def Label(self, request_iterator: AsyncIterator[pb.LabelRequest],
+                    context: aio.ServicerContext) -> AsyncIterator[pb.LabelResponse]:
+        """Requests are validated as they arrive and labeled concurrently (bounded per stream);
+        responses go out in request order. A bad request ends the stream with its status after
+        the responses to the requests before it."""
+        inflight: asyncio.Queue = asyncio.Queue(maxsize=self.core.config.max_inflight_per_stream)
+        reader = asyncio.create_task(self._read_requests(request_iterator, inflight))
+        try:
+            while True:
+                item = await inflight.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                request, task = item
+                outcome = await task
+                yield codec.encode_label_response(request.request_id, request.ids, outcome)
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue) -> None:
+        try:
+            async for request in requests:
+                topic = self.core.topic(request.topic)
+                teacher = self.core.backends[topic.config.teacher].metadata
+                parsed = codec.decode_label_request(request, teacher, topic.config.max_sample_bytes)
+                # Labeling runs even if this client goes away: accepted labels reach the log.
+                await out.put((parsed, asyncio.ensure_future(self.core.label(parsed))))
+        except PseudostreamError as exc:
+            await out.put(exc)
+            return
+        except Exception as exc:  # the client's half of the stream broke (cancel, reset)
+            log.debug("Label stream ended while reading: %s", exc)
+            await out.put(None)
+            return
+        await out.put(None)
+
+    async def Subscribe(self, request: pb.SubscribeRequest,
+                        context: aio.ServicerContext) -> AsyncIterator[pb.PseudoLabelBatch]:
+        """Deliver the topic's labels to (group, consumer) until the client leaves; its pending
+        records are released for the group's other consumers when it does."""
+        self.core.topic(request.topic)
+        if not request.group or not request.consumer:
+            raise InvalidInput("subscribe: group and consumer must be non-empty names")
+        label_log = self.core.log
+        assert label_log is not None
+        max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
+        try:
+            while not context.done():
+                records = await label_log.read(request.topic, request.group, request.consumer,
+                                               max_batch, wait_s=_SUBSCRIBE_POLL_S)
+                if records:
+                    yield codec.encode_records(request.topic, records, request.include_samples)
+        finally:
+            await asyncio.shield(label_log.release(request.topic, request.group, request.consumer))
+
+    async def Ack(self, request: pb.AckRequest, context: aio.ServicerContext) -> pb.AckResponse:
+        acked, committed = await self.core.ack(request.topic, request.group, list(request.offsets))
+        return pb.AckResponse(acked=acked, committed_offset=committed)
+
+    async def GetTopic(self, request: pb.GetTopicRequest, context: aio.ServicerContext) -> pb.TopicState:
+        snap = await self.core.snapshot(request.topic, list(request.groups))
+        return pb.TopicState(**vars(snap))

@@ -1,0 +1,100 @@
+"""The batching rules as plain functions, and the batching loop around them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import numpy as np
+import pytest
+
+from pseudostream.server.batcher import MicroBatcher, WorkItem, batch_wait, take_batch
+from pseudostream.server.errors import Overloaded
+
+
+def item(n: int, topic: str = "t", at: float = 0.0) -> WorkItem:
+    return WorkItem(topic, [f"{topic}{i}" for i in range(n)], np.zeros((n, 2), np.float32),
+                    enqueued_at=at)
+
+
+def test_take_batch_coalesces_items_up_to_max_batch_in_order():
+    queue = deque([item(3), item(4), item(2), item(5)])
+    first = take_batch(queue, max_batch=9)
+    assert [i.size for i in first] == [3, 4, 2]
+    assert [i.size for i in queue] == [5]
+
+
+def test_take_batch_never_splits_and_always_takes_one():
+    queue = deque([item(12), item(1)])
+    assert [i.size for i in take_batch(queue, max_batch=8)] == [12]
+    assert [i.size for i in take_batch(queue, max_batch=8)] == [1]
+    assert take_batch(queue, max_batch=8) == []
+
+
+async def test_take_batch_drops_items_whose_caller_left():
+    loop = asyncio.get_running_loop()
+    gone, live = item(3), item(2)
+    gone.future, live.future = loop.create_future(), loop.create_future()
+    gone.future.cancel()
+    queue = deque([gone, live])
+    assert take_batch(queue, max_batch=10) == [live]
+
+
+@pytest.mark.parametrize(
+    "queued, oldest, now, expected",
+    [
+        (8, 0.0, 0.0, 0.0),  # full: go now
+        (3, 0.0, 0.0, 0.005),  # wait the whole delay
+        (3, 0.0, 0.002, 0.003),  # part of the delay left
+        (3, 0.0, 0.010, 0.0),  # deadline passed
+    ],
+)
+def test_batch_wait_is_the_time_to_the_deadline_unless_full(queued, oldest, now, expected):
+    assert batch_wait(queued, oldest, now, max_batch=8, max_delay_s=0.005) == pytest.approx(expected)
+
+
+async def test_micro_batcher_coalesces_concurrent_submits_and_resolves_each():
+    seen: list[list[int]] = []
+
+    async def process(batch: list[WorkItem]) -> None:
+        seen.append([i.size for i in batch])
+        for i in batch:
+            i.future.set_result(i.ids)
+
+    batcher = MicroBatcher(process, max_batch=16, max_delay_s=0.05, max_queue_samples=100)
+    batcher.start()
+    futures = [batcher.submit(item(4, topic=f"t{k}")) for k in range(4)]
+    results = await asyncio.gather(*futures)
+    await batcher.stop()
+    assert seen == [[4, 4, 4, 4]]  # one full batch, cut as soon as it was full
+    assert results[2] == ["t20", "t21", "t22", "t23"]
+
+
+async def test_micro_batcher_cuts_a_partial_batch_at_the_deadline():
+    cut = asyncio.Event()
+
+    async def process(batch: list[WorkItem]) -> None:
+        for i in batch:
+            i.future.set_result(None)
+        cut.set()
+
+    batcher = MicroBatcher(process, max_batch=64, max_delay_s=0.02, max_queue_samples=100)
+    batcher.start()
+    await asyncio.wait_for(batcher.submit(item(3)), timeout=2.0)
+    assert cut.is_set()
+    await batcher.stop()
+
+
+async def test_micro_batcher_refuses_past_its_queue_bound_and_fails_batch_errors():
+    async def process(batch: list[WorkItem]) -> None:
+        raise RuntimeError("teacher exploded")
+
+    batcher = MicroBatcher(process, max_batch=8, max_delay_s=0.01, max_queue_samples=6)
+    first = batcher.submit(item(5))
+    with pytest.raises(Overloaded) as info:
+        batcher.submit(item(2))
+    assert "queue is full" in str(info.value) and info.value.retry_after_s > 0
+    batcher.start()
+    with pytest.raises(RuntimeError, match="teacher exploded"):
+        await first
+    await batcher.stop()

@@ -1,0 +1,42 @@
+"""Config: YAML file, environment overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from pseudostream.server.config import load_config
+from pseudostream.server.errors import ConfigError
+
+YAML = """
+port: 0
+teachers:
+  digits-cnn: {model_dir: /models/digits, max_batch: 32}
+topics:
+  digits: {teacher: digits-cnn, policy: {name: fixed, params: {tau: 0.9}}}
+label_log: {path: /data/labels.db}
+"""
+
+
+def test_yaml_with_environment_overrides(tmp_path, monkeypatch):
+    path = tmp_path / "service.yaml"
+    path.write_text(YAML)
+    monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__VISIBILITY_TIMEOUT_S", "7.5")
+    monkeypatch.setenv("PSEUDOSTREAM_PORT", "6000")
+    cfg = load_config(path)
+    assert cfg.port == 6000
+    assert cfg.label_log.visibility_timeout_s == 7.5 and str(cfg.label_log.path) == "/data/labels.db"
+    assert cfg.teachers["digits-cnn"].max_batch == 32
+    assert cfg.topics["digits"].policy.params == {"tau": 0.9}
+
+
+def test_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"teachers.t.max_batch: Input should be greater"):
+        load_config(teachers={"t": {"model_dir": "/m", "max_batch": 0}})
+    with pytest.raises(ConfigError, match="names teacher 'missing'; known: t"):
+        load_config(teachers={"t": {"model_dir": "/m"}}, topics={"d": {"teacher": "missing"}})
+    with pytest.raises(ConfigError, match="Extra inputs are not permitted"):
+        load_config(topics={}, bogus=1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
