@@ -1,0 +1,42 @@
+# pseudostream: `make demo` runs the main job on the embedded teacher, `make test` runs the tests.
+# Both install what they need into .venv first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA wheels.
+TORCH  := torch==2.13.0
+EXTRAS ?= dev
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: install demo test test-unit test-integration proto bench clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
+	touch $@
+
+demo: install
+	$(BIN)/pseudostream demo $(if $(REPORT),--report $(REPORT))
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# Regenerate the committed gRPC stubs from proto/pseudostream/v1/*.proto.
+proto: install
+	$(BIN)/python -m pseudostream.proto.gen
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache demo-report.json

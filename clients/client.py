@@ -1,0 +1,125 @@
+"""The async client of the labeling service (the sync client wraps this one; no second copy)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from pseudostream.clients.types import AckResult, LabelResult
+from pseudostream.proto.v1 import labeler_pb2 as pb
+from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
+from pseudostream.server.labellog.base import LabelRecord
+
+__all__ = ["AsyncLabelerClient", "make_label_request", "record_from_proto"]
+
+_ids = itertools.count()
+
+
+def make_label_request(topic: str, inputs: np.ndarray, ids: Sequence[str] | None = None,
+                       metadata: Sequence[Mapping[str, str]] | None = None,
+                       request_id: str = "") -> pb.LabelRequest:
+    """Pack a batch of samples (first dimension = samples) into one LabelRequest."""
+    a = np.ascontiguousarray(inputs)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    if ids is None:
+        ids = [f"s{next(_ids)}" for _ in range(a.shape[0])]
+    request = pb.LabelRequest(topic=topic, ids=list(ids), request_id=request_id,
+                              inputs=pb.Tensor(data=a.tobytes(), shape=list(a.shape), dtype=a.dtype.name))
+    if metadata:
+        request.metadata.extend(pb.Metadata(entries=dict(m)) for m in metadata)
+    return request
+
+
+def record_from_proto(p: pb.PseudoLabel) -> LabelRecord:
+    """A delivered pseudo-label as a LabelRecord (sample bytes kept as they came)."""
+    has_sample = bool(p.sample.dtype)
+    return LabelRecord(
+        offset=p.offset, sample_id=p.id, label=p.label, confidence=p.confidence,
+        weight=p.weight, threshold=p.threshold, teacher_version=p.teacher_version,
+        policy=p.policy, created_at=0.0, deliveries=p.deliveries,
+        sample=p.sample.data if has_sample else None,
+        shape=tuple(p.sample.shape) if has_sample else None,
+        dtype=p.sample.dtype or None, metadata=dict(p.metadata),
+    )
+
+
+class AsyncLabelerClient:
+    """Talks to one labeling service. ``async with AsyncLabelerClient("host:port") as c: ...``
+
+    Errors arrive as ``grpc.aio.AioRpcError`` with the service's status code and message.
+    """
+
+    def __init__(self, target: str, *, max_message_bytes: int = 64 << 20,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        self.target = target
+        self._channel = (aio.secure_channel(target, credentials, options) if credentials
+                         else aio.insecure_channel(target, options))
+        self._stub = pb_grpc.LabelerStub(self._channel)
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel connects (raises asyncio.TimeoutError)."""
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+
+    async def label(self, topic: str, inputs: np.ndarray, ids: Sequence[str] | None = None,
+                    metadata: Sequence[Mapping[str, str]] | None = None,
+                    timeout: float | None = None) -> LabelResult:
+        """Label one batch (one request on a short stream) and return its decisions."""
+        request = make_label_request(topic, inputs, ids, metadata)
+        async for result in self.label_stream([request], timeout=timeout):
+            return result
+        raise RuntimeError("the service closed the stream without a response")
+
+    async def label_stream(self, requests: AsyncIterable[pb.LabelRequest] | Iterable[pb.LabelRequest],
+                           timeout: float | None = None) -> AsyncIterator[LabelResult]:
+        """Stream requests (see ``make_label_request``) and yield one result per request, in order."""
+        call = self._stub.Label(_as_async(requests), timeout=timeout)
+        async for response in call:
+            yield LabelResult.from_proto(response)
+
+    async def subscribe(self, topic: str, group: str, consumer: str, *, max_batch: int = 256,
+                        include_samples: bool = True) -> AsyncIterator[list[LabelRecord]]:
+        """Yield batches of delivered pseudo-labels for (group, consumer) until cancelled."""
+        request = pb.SubscribeRequest(topic=topic, group=group, consumer=consumer,
+                                      max_batch=max_batch, include_samples=include_samples)
+        call = self._stub.Subscribe(request)
+        try:
+            async for batch in call:
+                yield [record_from_proto(p) for p in batch.labels]
+        finally:
+            call.cancel()
+
+    async def ack(self, topic: str, group: str, offsets: Sequence[int], consumer: str = "") -> AckResult:
+        """Commit ``offsets`` for ``group``."""
+        r = await self._stub.Ack(pb.AckRequest(topic=topic, group=group, consumer=consumer,
+                                               offsets=[int(o) for o in offsets]))
+        return AckResult(acked=r.acked, committed_offset=r.committed_offset)
+
+    async def get_topic(self, topic: str, groups: Sequence[str] = ()) -> pb.TopicState:
+        """The topic's live state."""
+        return await self._stub.GetTopic(pb.GetTopicRequest(topic=topic, groups=list(groups)))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncLabelerClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _as_async(items: AsyncIterable[pb.LabelRequest] | Iterable[pb.LabelRequest]) -> AsyncIterator[pb.LabelRequest]:
+    if hasattr(items, "__aiter__"):
+        async for item in items:  # type: ignore[union-attr]
+            yield item
+    else:
+        for item in items:  # type: ignore[union-attr]
+            yield item

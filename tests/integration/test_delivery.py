@@ -1,0 +1,76 @@
+"""Trainers subscribe, ack, disconnect and resume across a service restart: every unacked label
+comes again, no acked one does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pseudostream.clients.client import AsyncLabelerClient
+from pseudostream.server.app import LabelingServer
+
+pytestmark = pytest.mark.integration
+
+ACCEPT_ALL = {"topics": {"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}}}
+
+
+async def _collect(client: AsyncLabelerClient, group: str, consumer: str, want: int,
+                   quiet_s: float = 0.5) -> list:
+    """Subscribe until ``want`` records arrived, then keep listening ``quiet_s`` for extras."""
+    got: list = []
+
+    async def run() -> None:
+        async for records in client.subscribe("digits", group, consumer, max_batch=16):
+            got.extend(records)
+
+    task = asyncio.create_task(run())
+    for _ in range(200):
+        if len(got) >= want:
+            break
+        await asyncio.sleep(0.025)
+    await asyncio.sleep(quiet_s)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return got
+
+
+async def test_resume_after_server_restart_gets_exactly_the_unacked(make_config, digits):
+    config = make_config(**ACCEPT_ALL)
+    x = np.ascontiguousarray(digits.stream_x[:40])
+    ids = [f"r-{i}" for i in range(40)]
+    async with LabelingServer(config) as server:
+        async with AsyncLabelerClient(server.address) as client:
+            result = await client.label("digits", x, ids=ids)
+            assert result.accepted.all()
+            first = await _collect(client, "trainers", "t0", want=40)
+            assert sorted(r.offset for r in first) == list(range(40))
+            assert {r.sample_id for r in first} == set(ids)
+            assert all(r.deliveries == 1 for r in first)
+            np.testing.assert_array_equal(first[0].sample_array(), x[ids.index(first[0].sample_id)])
+            ack = await client.ack("digits", "trainers", [r.offset for r in first if r.offset < 20])
+            assert (ack.acked, ack.committed_offset) == (20, 20)
+
+    async with LabelingServer(config) as server:  # same label log, new process state
+        async with AsyncLabelerClient(server.address) as client:
+            again = await _collect(client, "trainers", "t0", want=20)
+            state = await client.get_topic("digits", groups=["trainers"])
+    assert sorted(r.offset for r in again) == list(range(20, 40))
+    assert all(r.deliveries == 2 for r in again)
+    assert state.group_committed["trainers"] == 20 and state.group_lag["trainers"] == 20
+
+
+async def test_disconnect_hands_unacked_labels_to_the_next_consumer(make_config, digits):
+    config = make_config(**ACCEPT_ALL, label_log={"visibility_timeout_s": 60.0})
+    x = np.ascontiguousarray(digits.stream_x[:24])
+    async with LabelingServer(config) as server:
+        async with AsyncLabelerClient(server.address) as client:
+            await client.label("digits", x, ids=[f"d-{i}" for i in range(24)])
+            first = await _collect(client, "g", "a", want=24, quiet_s=0.1)
+            await client.ack("digits", "g", [r.offset for r in first[:10]])
+            # "a" is gone; "b" gets the 14 unacked at once, not after the 60 s visibility timeout.
+            second = await _collect(client, "g", "b", want=14, quiet_s=0.3)
+            other_group = await _collect(client, "auditors", "c", want=24, quiet_s=0.1)
+    assert sorted(r.offset for r in second) == sorted(r.offset for r in first[10:])
+    assert sorted(r.offset for r in other_group) == list(range(24))  # groups are independent
