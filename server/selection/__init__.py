@@ -10,7 +10,17 @@ from typing import Any
 
 from pseudostream.server.errors import ConfigError
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
+from pseudostream.server.selection.adsh import AdshPolicy
+from pseudostream.server.selection.confident import ConfidentLearningPolicy
+from pseudostream.server.selection.curriculum import CurriculumPolicy
+from pseudostream.server.selection.debiaspl import DebiasPLPolicy
+from pseudostream.server.selection.dist_align import AlignedPolicy, DistributionAlignment
 from pseudostream.server.selection.fixed import FixedThresholdPolicy
+from pseudostream.server.selection.flexmatch import FlexMatchPolicy
+from pseudostream.server.selection.freematch import FreeMatchPolicy
+from pseudostream.server.selection.multilabel import MultiLabelPolicy
+from pseudostream.server.selection.softmatch import SoftMatchPolicy
+from pseudostream.server.selection.uncertainty import UncertaintyPolicy
 
 __all__ = [
     "POLICIES",
@@ -18,6 +28,17 @@ __all__ = [
     "PolicyBatch",
     "ThresholdPolicy",
     "FixedThresholdPolicy",
+    "FlexMatchPolicy",
+    "FreeMatchPolicy",
+    "SoftMatchPolicy",
+    "CurriculumPolicy",
+    "DebiasPLPolicy",
+    "AdshPolicy",
+    "ConfidentLearningPolicy",
+    "UncertaintyPolicy",
+    "MultiLabelPolicy",
+    "DistributionAlignment",
+    "AlignedPolicy",
     "make_policy",
 ]
 

@@ -1,0 +1,73 @@
+"""Confident learning's per-class thresholds (expected self-confidence).
+
+Northcutt et al., "Confident Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021;
+cleanlab ``count.py`` (``get_confident_thresholds``): t_j = mean of p_j over the samples labelled
+j, classes never seen get a threshold above 1 (cleanlab: BIG_VALUE = 2 * max p, i.e. 2 for
+probabilities); streamed as in ``experimental/label_issues_batched.py``
+(``update_confident_thresholds``): t <- (n t + n_b t_b) / (n + n_b) per class.
+
+Here "labelled j" means predicted j (yhat = j, so p_j = conf) and a sample is accepted when
+conf >= t_yhat. Decisions use the state *before* the batch (the default order), so a class's
+first predictions are always rejected and the first batch is rejected entirely: that is the
+published rule for unseen classes, kept exact. ``thresholds()`` reports 2.0 for unseen classes
+(the one policy whose thresholds may exceed 1). ``max_count`` (off by default) caps n, turning the
+running mean into an exponential average with an effective memory of ``max_count`` samples per
+class, for drifting streams.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pseudostream.server.errors import ConfigError
+from pseudostream.server.selection._common import batch_probs
+from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
+
+__all__ = ["ConfidentLearningPolicy", "UNSEEN_THRESHOLD"]
+
+UNSEEN_THRESHOLD = 2.0  # cleanlab's BIG_VALUE for probabilities: rejects every sample
+
+
+@POLICIES.register("confident")
+class ConfidentLearningPolicy(ThresholdPolicy):
+    """Accept a prediction when it reaches its class's running mean self-confidence."""
+
+    name = "confident"
+
+    def __init__(self, num_classes: int, max_count: int | None = None) -> None:
+        super().__init__(num_classes)
+        if max_count is not None and int(max_count) < 1:
+            raise ConfigError(f"confident policy: max_count must be >= 1, got {max_count!r}")
+        self.max_count = None if max_count is None else int(max_count)
+        self.t = np.zeros(num_classes)
+        self.n = np.zeros(num_classes, np.int64)
+
+    def _thresholds(self) -> np.ndarray:
+        return np.where(self.n > 0, self.t, UNSEEN_THRESHOLD)
+
+    def thresholds(self) -> np.ndarray:
+        return self._thresholds().astype(np.float32)
+
+    def decide(self, batch: PolicyBatch) -> Decisions:
+        probs = batch_probs(batch, self.num_classes, self.name)
+        conf, label = probs.max(axis=1), probs.argmax(axis=1)
+        thr = self._thresholds()[label]
+        return Decisions.from_mask(conf >= thr, label, conf, thr)
+
+    def update(self, batch: PolicyBatch) -> None:
+        probs = batch_probs(batch, self.num_classes, self.name)
+        label = probs.argmax(axis=1)
+        n_b = np.bincount(label, minlength=self.num_classes)
+        sum_b = np.bincount(label, weights=probs.max(axis=1), minlength=self.num_classes)
+        total = self.n + n_b
+        self.t = np.where(total > 0, (self.n * self.t + sum_b) / np.maximum(total, 1), self.t)
+        self.n = total if self.max_count is None else np.minimum(total, self.max_count)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"t": self.t.tolist(), "n": self.n.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.t = np.asarray(state["t"], np.float64).reshape(self.num_classes)
+        self.n = np.asarray(state["n"], np.int64).reshape(self.num_classes)
