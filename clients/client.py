@@ -46,6 +46,7 @@ def record_from_proto(p: pb.PseudoLabel) -> LabelRecord:
         sample=p.sample.data if has_sample else None,
         shape=tuple(p.sample.shape) if has_sample else None,
         dtype=p.sample.dtype or None, metadata=dict(p.metadata),
+        positive=tuple(p.positive), negative=tuple(p.negative),
     )
 
 

@@ -60,7 +60,7 @@ def encode_tensor(array: np.ndarray) -> pb.Tensor:
 
 
 def decode_label_request(request: pb.LabelRequest, teacher: TeacherMetadata,
-                         max_sample_bytes: int) -> LabelInput:
+                         max_sample_bytes: int, audit_label_key: str | None = None) -> LabelInput:
     """Validate ``request`` against the topic's teacher; InvalidInput says what was expected."""
     n = len(request.ids)
     if n == 0:
@@ -90,7 +90,17 @@ def decode_label_request(request: pb.LabelRequest, teacher: TeacherMetadata,
             raise InvalidInput(f"metadata: {len(request.metadata)} entries for {n} ids; "
                                "send none or one per id")
         metadata = [dict(m.entries) for m in request.metadata]
+        if audit_label_key is not None:
+            _check_audit_labels(metadata, audit_label_key, teacher.num_classes)
     return LabelInput(request.topic, ids, inputs, metadata, request.request_id)
+
+
+def _check_audit_labels(metadata: list[dict[str, str]], key: str, num_classes: int) -> None:
+    for m in metadata:
+        value = m.get(key)
+        if value is not None and not (value.isdigit() and int(value) < num_classes):
+            raise InvalidInput(f"metadata[{key!r}] = {value!r}: an audit label must be a class "
+                               f"index in 0..{num_classes - 1}")
 
 
 def encode_label_response(request_id: str, ids: Sequence[str], outcome: LabelOutcome) -> pb.LabelResponse:
@@ -121,6 +131,7 @@ def encode_records(topic: str, records: Sequence[LabelRecord], include_samples: 
             offset=r.offset, id=r.sample_id, label=r.label, confidence=r.confidence,
             weight=r.weight, threshold=r.threshold, teacher_version=r.teacher_version,
             policy=r.policy, deliveries=r.deliveries, metadata=dict(r.metadata),
+            positive=r.positive, negative=r.negative,
         )
         if include_samples and r.sample is not None and r.shape is not None and r.dtype:
             label.sample.data = r.sample

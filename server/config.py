@@ -19,6 +19,8 @@ __all__ = [
     "TeacherConfig",
     "PolicyConfig",
     "TopicConfig",
+    "DistAlignConfig",
+    "ViewsConfig",
     "LabelLogConfig",
     "ServiceConfig",
     "load_config",
@@ -48,11 +50,37 @@ class PolicyConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DistAlignConfig(_Strict):
+    """ReMixMatch-style distribution alignment in front of the topic's policy."""
+
+    momentum: float = Field(0.999, ge=0, le=1, description="published per-batch EMA momentum")
+    momentum_per_sample: float | None = Field(None, ge=0, le=1, description="overrides momentum")
+    target: Literal["uniform"] | list[float] = "uniform"
+
+
+class ViewsConfig(_Strict):
+    """K test-time-augmented views per sample (for policies that need them, e.g. UPS).
+
+    View 0 is the sample itself; the others shift it by up to ``max_shift`` pixels along its last
+    two axes (zero fill) and add Gaussian noise of ``noise_std``. Costs K-1 extra inferences.
+    """
+
+    count: int = Field(4, ge=2, le=64)
+    max_shift: int = Field(1, ge=0)
+    noise_std: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
 class TopicConfig(_Strict):
     """One labeling stream: a teacher, a threshold policy and its label-log topic."""
 
     teacher: str
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    dist_align: DistAlignConfig | None = None
+    views: ViewsConfig | None = None
+    audit_label_key: str | None = Field(
+        None, description="metadata key carrying a sample's true class index; such samples are "
+        "decided and scored for quality but never logged for trainers")
     store_samples: bool = Field(True, description="keep sample tensors in the log for trainers")
     max_sample_bytes: int = Field(1 << 20, ge=1, description="largest accepted sample tensor")
 

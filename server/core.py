@@ -40,6 +40,10 @@ class TopicSnapshot:
     accepted: int
     accepted_per_class: list[int]
     log_end_offset: int
+    predicted_per_class: list[int] = field(default_factory=list)
+    quantity: float = 0.0
+    quality: float = 0.0
+    audited: int = 0
     group_lag: dict[str, int] = field(default_factory=dict)
     group_committed: dict[str, int] = field(default_factory=dict)
 
@@ -69,7 +73,7 @@ class LabelingCore:
             topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
             await topic.restore()
             self.topics[name] = topic
-            self.metrics.set_thresholds(name, topic.classes, topic.policy.thresholds())
+        self.metrics.track_topics(lambda: list(self.topics.values()))
         for name, tcfg in self.config.teachers.items():
             topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
             pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
@@ -144,6 +148,10 @@ class LabelingCore:
             accepted=topic.accepted,
             accepted_per_class=topic.accepted_per_class.tolist(),
             log_end_offset=await self.log.end_offset(name),
+            predicted_per_class=topic.predicted_per_class.tolist(),
+            quantity=topic.quantity,
+            quality=topic.quality,
+            audited=topic.audited,
         )
         for group in groups:
             snap.group_lag[group] = await self.log.lag(name, group)

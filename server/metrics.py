@@ -7,10 +7,12 @@ for counters (added by the client library).
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["ServiceMetrics", "serve_metrics"]
 
@@ -35,8 +37,6 @@ class ServiceMetrics:
                                 ["topic", "class"], registry=r)
         self.rejected = Counter("pseudostream_rejected", "Samples rejected, by reason",
                                 ["topic", "reason"], registry=r)
-        self.threshold = Gauge("pseudostream_threshold", "Current selection threshold per class",
-                               ["topic", "class"], registry=r)
         self.appended = Counter("pseudostream_label_log_appended", "Records appended to the label log",
                                 ["topic"], registry=r)
         self.acked = Counter("pseudostream_label_log_acked", "Records acked by trainers",
@@ -64,14 +64,48 @@ class ServiceMetrics:
             for why, k in zip(reasons.tolist(), n.tolist()):
                 self.rejected.labels(topic, why).inc(k)
 
-    def set_thresholds(self, topic: str, classes: tuple[str, ...], thresholds: np.ndarray) -> None:
-        """Publish the current per-class thresholds of ``topic``."""
-        for name, value in zip(classes, thresholds.tolist()):
-            self.threshold.labels(topic, name).set(value)
+    def track_topics(self, topics: Callable[[], Iterable[Any]]) -> None:
+        """Report the live state of ``topics()`` (TopicRuntime objects) at each scrape."""
+        self.registry.register(_TopicCollector(topics))
 
     def track_queue(self, teacher: str, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as the queue depth of ``teacher`` at each scrape."""
         self.queue_depth.labels(teacher).set_function(depth)
+
+
+class _TopicCollector(Collector):
+    """Per-topic gauges read from the topics at scrape time (no per-batch gauge updates)."""
+
+    def __init__(self, topics: Callable[[], Iterable[Any]]) -> None:
+        self._topics = topics
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the live topics; collect() says what exists
+
+    def collect(self) -> Iterator[Metric]:
+        threshold = GaugeMetricFamily("pseudostream_threshold", "Current selection threshold per class",
+                                      labels=["topic", "class"])
+        acceptance = GaugeMetricFamily("pseudostream_acceptance_ratio",
+                                       "Accepted / predicted samples per class since start",
+                                       labels=["topic", "class"])
+        quantity = GaugeMetricFamily("pseudostream_quantity",
+                                     "Mean weight over every decided sample (SoftMatch quantity)",
+                                     labels=["topic"])
+        quality = GaugeMetricFamily("pseudostream_quality",
+                                    "Weighted precision on audited samples (SoftMatch quality)",
+                                    labels=["topic"])
+        audited = CounterMetricFamily("pseudostream_audited_samples",
+                                      "Samples that carried an audit label", labels=["topic"])
+        for topic in self._topics():
+            ratio = topic.accepted_per_class / np.maximum(topic.predicted_per_class, 1)
+            for name, thr, acc in zip(topic.classes, topic.policy.thresholds().tolist(), ratio.tolist()):
+                threshold.add_metric([topic.name, name], thr)
+                acceptance.add_metric([topic.name, name], acc)
+            quantity.add_metric([topic.name], topic.quantity)
+            audited.add_metric([topic.name], topic.audited)
+            if topic.audited:
+                quality.add_metric([topic.name], topic.quality)
+        yield from (threshold, acceptance, quantity, quality, audited)
 
 
 def serve_metrics(metrics: ServiceMetrics, host: str, port: int) -> tuple[object, threading.Thread, int]:

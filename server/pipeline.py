@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pseudostream.server.backends.base import TeacherBackend
+from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
 from pseudostream.server.batcher import WorkItem
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
@@ -76,14 +76,7 @@ class TeacherPipeline:
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
         x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
-        started = time.perf_counter()
-        try:
-            out = await self.backend.infer(x)
-        except Exception as exc:
-            self.metrics.backend_errors.labels(self.name, type(exc).__name__).inc()
-            raise
-        self.metrics.inference_latency.labels(self.name).observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels(self.name).observe(x.shape[0])
+        out = await self._infer(x)
         logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
 
         starts = np.cumsum([0] + [i.size for i in items])
@@ -105,17 +98,35 @@ class TeacherPipeline:
                 if item.future is not None and not item.future.done():
                     item.future.set_result(part)
 
+    async def _infer(self, x: np.ndarray) -> TeacherOutput:
+        started = time.perf_counter()
+        try:
+            out = await self.backend.infer(x)
+        except Exception as exc:
+            self.metrics.backend_errors.labels(self.name, type(exc).__name__).inc()
+            raise
+        self.metrics.inference_latency.labels(self.name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(self.name).observe(x.shape[0])
+        return out
+
     async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
                            x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
                            version: str) -> list[LabelOutcome]:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
-        decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows]))
+        views = await self._views(topic, x[rows], probs[rows]) if topic.views else None
+        decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows],
+                                             views=views))
+        metadata = _metadata_rows(group)
+        truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
+        if truth is not None:
+            topic.score_audit(decisions, truth)
         offsets = np.full(rows.size, -1, np.int64)
-        accepted = np.flatnonzero(decisions.accept)
+        # Audited samples are scored, never streamed to trainers.
+        logged = decisions.accept if truth is None else decisions.accept & (truth < 0)
+        accepted = np.flatnonzero(logged)
         if accepted.size:
-            meta = _metadata_rows(group, accepted)
             batch = LabelBatch(
                 ids=ids[accepted].tolist(),
                 label=decisions.label[accepted],
@@ -125,7 +136,9 @@ class TeacherPipeline:
                 teacher_version=version,
                 policy=topic.policy.name,
                 samples=x[rows[accepted]] if topic.config.store_samples else None,
-                metadata=meta,
+                metadata=None if metadata is None else [metadata[k] for k in accepted.tolist()],
+                positive=None if decisions.positive is None else decisions.positive[accepted],
+                negative=None if decisions.negative is None else decisions.negative[accepted],
             )
             offsets[accepted] = await self.log.append(topic.name, batch)
             self.metrics.appended.labels(topic.name).inc(int(accepted.size))
@@ -133,7 +146,6 @@ class TeacherPipeline:
                                        decisions.label, decisions.reason)
         if topic.checkpoint_due:
             await topic.checkpoint()
-            self.metrics.set_thresholds(topic.name, topic.classes, topic.policy.thresholds())
         versions = np.full(rows.size, version, dtype=object)
         bounds = np.cumsum(np.concatenate([[0], sizes]))
         return [
@@ -141,11 +153,26 @@ class TeacherPipeline:
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
 
+    async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """[K, B, C] probabilities: the batch itself, then K-1 test-time-augmented copies."""
+        assert topic.views is not None
+        out = await self._infer(topic.views.augment(x))
+        _, extra = calibrated(out.logits, out.temperature, self.backend.metadata.task)
+        return np.concatenate([probs[None], extra.reshape(topic.views.count - 1, *probs.shape)])
 
-def _metadata_rows(group: list[WorkItem], accepted: np.ndarray) -> list[Mapping[str, str]] | None:
+
+def _metadata_rows(group: list[WorkItem]) -> list[Mapping[str, str]] | None:
     if all(not i.metadata for i in group):
         return None
     rows: list[Mapping[str, str]] = []
     for item in group:
         rows.extend(item.metadata if item.metadata else [{}] * item.size)
-    return [rows[k] for k in accepted.tolist()]
+    return rows
+
+
+def _audit_labels(metadata: list[Mapping[str, str]] | None, key: str | None, n: int) -> np.ndarray | None:
+    """True class per sample from the audit metadata key (-1 where absent), or None."""
+    if key is None or metadata is None:
+        return None
+    truth = np.array([int(m.get(key, -1)) for m in metadata], np.int64)
+    return truth if (truth >= 0).any() else None

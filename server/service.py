@@ -54,7 +54,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
             async for request in requests:
                 topic = self.core.topic(request.topic)
                 teacher = self.core.backends[topic.config.teacher].metadata
-                parsed = codec.decode_label_request(request, teacher, topic.config.max_sample_bytes)
+                parsed = codec.decode_label_request(request, teacher, topic.config.max_sample_bytes,
+                                                    topic.config.audit_label_key)
                 # Labeling runs even if this client goes away: accepted labels reach the log.
                 await out.put((parsed, asyncio.ensure_future(self.core.label(parsed))))
         except PseudostreamError as exc:

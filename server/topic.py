@@ -10,22 +10,39 @@ import numpy as np
 
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.config import TopicConfig
+from pseudostream.server.errors import ConfigError
 from pseudostream.server.labellog.base import LabelLog
-from pseudostream.server.selection import Decisions, PolicyBatch, make_policy
+from pseudostream.server.selection import Decisions, PolicyBatch, ThresholdPolicy, make_policy
+from pseudostream.server.selection.dist_align import AlignedPolicy, DistributionAlignment
+from pseudostream.server.views import AugmentedViews
 
-__all__ = ["TopicRuntime"]
+__all__ = ["TopicRuntime", "build_policy"]
 
 log = logging.getLogger(__name__)
 
 _STATE_KEY = "policy"
 
 
-class TopicRuntime:
-    """One labeling stream: a teacher name, a policy that owns its state, and counters.
+def build_policy(config: TopicConfig, num_classes: int) -> ThresholdPolicy:
+    """The topic's policy, wrapped in distribution alignment when configured."""
+    policy = make_policy(config.policy.name, num_classes, config.policy.params)
+    if policy.needs_views and config.views is None:
+        raise ConfigError(f"policy {policy.name!r} needs several views per sample: "
+                          "set the topic's `views` (test-time augmentation)")
+    if config.dist_align is not None:
+        align = DistributionAlignment(num_classes, **config.dist_align.model_dump())
+        policy = AlignedPolicy(policy, align)
+    return policy
 
-    The policy state and counters are checkpointed to the label log's store (every
-    ``checkpoint_every`` batches and at shutdown) and restored on start, so a restart continues
-    the curriculum instead of starting it again.
+
+class TopicRuntime:
+    """One labeling stream: a policy that owns its state, and the topic's counters.
+
+    Counters: samples, accepted (per class), predicted per class, the sum of weights (SoftMatch's
+    quantity = mean weight) and, for samples carrying an audit label, the weighted precision
+    (SoftMatch's quality). Policy state and counters are checkpointed to the label log's store
+    every ``checkpoint_every`` batches and at shutdown, and restored on start, so a restart
+    continues the curriculum instead of starting it again.
     """
 
     def __init__(self, name: str, config: TopicConfig, teacher: TeacherMetadata,
@@ -35,42 +52,64 @@ class TopicRuntime:
         self.teacher = teacher
         self.log = label_log
         self.checkpoint_every = checkpoint_every
-        self.policy = make_policy(config.policy.name, teacher.num_classes, config.policy.params)
-        self.samples = 0
-        self.accepted = 0
-        self.accepted_per_class = np.zeros(teacher.num_classes, np.int64)
+        self.policy = build_policy(config, teacher.num_classes)
+        self.views = AugmentedViews(config.views) if config.views is not None else None
+        c = teacher.num_classes
+        self.samples = self.accepted = self.audited = 0
+        self.weight_sum = self.audit_weight = self.audit_correct = 0.0
+        self.accepted_per_class = np.zeros(c, np.int64)
+        self.predicted_per_class = np.zeros(c, np.int64)
         self._batches_since_checkpoint = 0
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.teacher.classes
 
+    @property
+    def quantity(self) -> float:
+        """Mean weight over every decided sample (0 before the first)."""
+        return self.weight_sum / self.samples if self.samples else 0.0
+
+    @property
+    def quality(self) -> float:
+        """Weighted precision over audited samples: sum w 1[label = y] / sum w (0 if none)."""
+        return self.audit_correct / self.audit_weight if self.audit_weight else 0.0
+
     def select(self, batch: PolicyBatch) -> Decisions:
         """Run the policy on one batch and count the outcome."""
-        decisions = self.policy.select(batch)
-        self.samples += len(decisions)
-        accepted_labels = decisions.label[decisions.accept & (decisions.label >= 0)]
-        self.accepted += int(decisions.accept.sum())
-        self.accepted_per_class += np.bincount(accepted_labels, minlength=self.teacher.num_classes)
+        d = self.policy.select(batch)
+        c = self.teacher.num_classes
+        self.samples += len(d)
+        self.accepted += int(d.accept.sum())
+        self.weight_sum += float(d.weight.sum())
+        self.predicted_per_class += np.bincount(d.label[d.label >= 0], minlength=c)
+        self.accepted_per_class += np.bincount(d.label[d.accept & (d.label >= 0)], minlength=c)
         self._batches_since_checkpoint += 1
-        return decisions
+        return d
+
+    def score_audit(self, decisions: Decisions, truth: np.ndarray) -> None:
+        """Fold audited samples (``truth`` >= 0; -1 where a sample has no audit label) into quality."""
+        audited = truth >= 0
+        if not audited.any():
+            return
+        w = decisions.weight[audited].astype(np.float64)
+        self.audited += int(audited.sum())
+        self.audit_weight += float(w.sum())
+        self.audit_correct += float(w[decisions.label[audited] == truth[audited]].sum())
 
     @property
     def checkpoint_due(self) -> bool:
         return self._batches_since_checkpoint >= self.checkpoint_every
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy.name,
-            "policy_state": self.policy.state_dict(),
-            "samples": self.samples,
-            "accepted": self.accepted,
-            "accepted_per_class": self.accepted_per_class.tolist(),
-        }
+    _COUNTERS = ("samples", "accepted", "audited", "weight_sum", "audit_weight", "audit_correct")
+    _PER_CLASS = ("accepted_per_class", "predicted_per_class")
 
     async def checkpoint(self) -> None:
         """Save the policy state and counters to the label log's store."""
-        blob = json.dumps(self._state(), default=_json_default).encode()
+        state: dict[str, Any] = {"policy": self.policy.name, "policy_state": self.policy.state_dict()}
+        state.update({k: getattr(self, k) for k in self._COUNTERS})
+        state.update({k: getattr(self, k).tolist() for k in self._PER_CLASS})
+        blob = json.dumps(state, default=_json_default).encode()
         await self.log.save_state(self.name, _STATE_KEY, blob)
         self._batches_since_checkpoint = 0
 
@@ -85,11 +124,12 @@ class TopicRuntime:
                         self.name, state.get("policy"), self.policy.name)
             return False
         self.policy.load_state_dict(state["policy_state"])
-        self.samples = int(state["samples"])
-        self.accepted = int(state["accepted"])
-        per_class = np.asarray(state["accepted_per_class"], np.int64)
-        if per_class.shape == self.accepted_per_class.shape:
-            self.accepted_per_class = per_class
+        for key in self._COUNTERS:
+            setattr(self, key, type(getattr(self, key))(state.get(key, 0)))
+        for key in self._PER_CLASS:
+            values = np.asarray(state.get(key, []), np.int64)
+            if values.shape == getattr(self, key).shape:
+                setattr(self, key, values)
         log.info("topic %s: restored policy state after %d samples", self.name, self.samples)
         return True
 

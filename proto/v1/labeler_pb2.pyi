@@ -94,7 +94,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: _Optional[bool] = ...) -> None: ...
 
 class PseudoLabel(_message.Message):
-    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata")
+    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata", "positive", "negative")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,8 @@ class PseudoLabel(_message.Message):
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
     offset: int
     id: str
     label: int
@@ -124,7 +126,9 @@ class PseudoLabel(_message.Message):
     deliveries: int
     sample: Tensor
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    positive: _containers.RepeatedScalarFieldContainer[int]
+    negative: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., positive: _Optional[_Iterable[int]] = ..., negative: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PseudoLabelBatch(_message.Message):
     __slots__ = ("topic", "labels")
@@ -163,7 +167,7 @@ class GetTopicRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TopicState(_message.Message):
-    __slots__ = ("topic", "teacher", "teacher_version", "policy", "thresholds", "classes", "samples", "accepted", "accepted_per_class", "log_end_offset", "group_lag", "group_committed")
+    __slots__ = ("topic", "teacher", "teacher_version", "policy", "thresholds", "classes", "samples", "accepted", "accepted_per_class", "log_end_offset", "group_lag", "group_committed", "predicted_per_class", "quantity", "quality", "audited")
     class GroupLagEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +194,10 @@ class TopicState(_message.Message):
     LOG_END_OFFSET_FIELD_NUMBER: _ClassVar[int]
     GROUP_LAG_FIELD_NUMBER: _ClassVar[int]
     GROUP_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_FIELD_NUMBER: _ClassVar[int]
     topic: str
     teacher: str
     teacher_version: str
@@ -202,4 +210,8 @@ class TopicState(_message.Message):
     log_end_offset: int
     group_lag: _containers.ScalarMap[str, int]
     group_committed: _containers.ScalarMap[str, int]
-    def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    predicted_per_class: _containers.RepeatedScalarFieldContainer[int]
+    quantity: float
+    quality: float
+    audited: int
+    def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ..., predicted_per_class: _Optional[_Iterable[int]] = ..., quantity: _Optional[float] = ..., quality: _Optional[float] = ..., audited: _Optional[int] = ...) -> None: ...

@@ -37,6 +37,8 @@ class LabelBatch:
     policy: str
     samples: np.ndarray | None = None  # [n, ...] the input tensors, when the topic stores them
     metadata: Sequence[Mapping[str, str]] | None = None  # one map per row, or None
+    positive: np.ndarray | None = None  # [n, C] bool: multi-label positive classes
+    negative: np.ndarray | None = None  # [n, C] bool: negative labels (multi-label, UPS)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,6 +62,8 @@ class LabelRecord:
     shape: tuple[int, ...] | None = None
     dtype: str | None = None  # numpy dtype name, e.g. "float32"
     metadata: Mapping[str, str] = field(default_factory=dict)
+    positive: tuple[int, ...] = ()  # multi-label positive classes
+    negative: tuple[int, ...] = ()  # classes the sample is known not to belong to
 
     def sample_array(self) -> np.ndarray | None:
         """The stored sample as a numpy array (a read-only view of ``sample``), or None."""

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS records(
     topic TEXT NOT NULL, offset INTEGER NOT NULL, sample_id TEXT NOT NULL, label INTEGER NOT NULL,
     confidence REAL NOT NULL, weight REAL NOT NULL, threshold REAL NOT NULL,
     teacher_version TEXT NOT NULL, policy TEXT NOT NULL, created_at REAL NOT NULL,
-    sample BLOB, shape TEXT, dtype TEXT, metadata TEXT NOT NULL DEFAULT '{}',
+    sample BLOB, shape TEXT, dtype TEXT, metadata TEXT NOT NULL DEFAULT '{}', classes TEXT,
     PRIMARY KEY(topic, offset));
 CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS state(topic TEXT NOT NULL, key TEXT NOT NULL, blob BL
 
 _RECORD_COLUMNS = (
     "offset, sample_id, label, confidence, weight, threshold, teacher_version, policy, "
-    "created_at, sample, shape, dtype, metadata"
+    "created_at, sample, shape, dtype, metadata, classes"
 )
 
 
@@ -252,7 +252,7 @@ class SqliteLabelLog(LabelLog):
             )
             conn.executemany(
                 f"INSERT INTO records(topic, {_RECORD_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (" + ", ".join("?" * (2 + _RECORD_COLUMNS.count(","))) + ")",
                 [(topic, first + i, *r) for i, r in enumerate(rows)],
             )
             conn.execute(
@@ -329,7 +329,8 @@ def _batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
     """The batch as row tuples in ``_RECORD_COLUMNS`` order, without the offset."""
     n = len(batch)
     columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
-               "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata}
+               "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata,
+               "positive": batch.positive, "negative": batch.negative}
     for name, col in columns.items():
         if col is not None and len(col) != n:
             raise InvalidInput(f"LabelBatch.{name} has {len(col)} rows, expected {n} (len(ids))")
@@ -349,16 +350,29 @@ def _batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
         np.asarray(batch.weight, dtype=np.float64).tolist(),
         np.asarray(batch.threshold, dtype=np.float64).tolist(),
         [batch.teacher_version] * n, [batch.policy] * n, [created_at] * n,
-        samples, [shape] * n, [dtype] * n, metadata,
+        samples, [shape] * n, [dtype] * n, metadata, _class_lists(batch, n),
     ))
 
 
+def _class_lists(batch: LabelBatch, n: int) -> list[str | None]:
+    """Per row, JSON {"positive": [...], "negative": [...]} for class-list decisions, else None."""
+    if batch.positive is None and batch.negative is None:
+        return [None] * n
+    empty = np.zeros((n, 0), bool)
+    pos = empty if batch.positive is None else np.asarray(batch.positive, bool)
+    neg = empty if batch.negative is None else np.asarray(batch.negative, bool)
+    return [json.dumps({"positive": np.flatnonzero(p).tolist(), "negative": np.flatnonzero(q).tolist()})
+            for p, q in zip(pos, neg)]
+
+
 def _to_record(row: tuple, deliveries: int) -> LabelRecord:
-    off, sid, label, conf, weight, thr, version, policy, created, sample, shape, dtype, meta = row
+    off, sid, label, conf, weight, thr, version, policy, created, sample, shape, dtype, meta, cls = row
+    classes = json.loads(cls) if cls else {}
     return LabelRecord(
         offset=off, sample_id=sid, label=label, confidence=conf, weight=weight, threshold=thr,
         teacher_version=version, policy=policy, created_at=created, deliveries=deliveries,
         sample=None if sample is None else bytes(sample),
         shape=None if shape is None else tuple(json.loads(shape)),
         dtype=dtype, metadata=json.loads(meta),
+        positive=tuple(classes.get("positive", ())), negative=tuple(classes.get("negative", ())),
     )

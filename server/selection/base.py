@@ -118,8 +118,9 @@ class ThresholdPolicy(ABC):
     its statistics before masking, as FreeMatch does), and implement the four abstract methods.
     """
 
-    name: ClassVar[str]
+    name: str
     update_first: ClassVar[bool] = False
+    needs_views: ClassVar[bool] = False  # True where the method needs K views per sample (UPS)
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes

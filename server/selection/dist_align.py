@@ -107,6 +107,7 @@ class AlignedPolicy(ThresholdPolicy):
             raise ConfigError("dist_align: num_classes differs from the wrapped policy's")
         super().__init__(inner.num_classes)
         self.inner, self.align = inner, align
+        self.name = f"{inner.name}+dist_align"  # what labels and checkpoints record
 
     def _aligned(self, batch: PolicyBatch) -> PolicyBatch:
         ratio = self.align.ratio()

@@ -37,6 +37,7 @@ class UncertaintyPolicy(ThresholdPolicy):
     """Confidence and low spread across views for positives; near-zero, stable scores for negatives."""
 
     name = "uncertainty"
+    needs_views = True
 
     def __init__(
         self,

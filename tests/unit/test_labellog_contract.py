@@ -243,3 +243,14 @@ async def test_acking_unknown_or_acked_offsets_is_a_noop(log):
     assert await log.ack("t", "other", [1]) == 0
     assert await log.ack("t", "g", []) == 0
     assert await log.committed("t", "g") == 1
+
+
+async def test_class_lists_round_trip(log):
+    positive = np.array([[True, False, True], [False, False, False]])
+    negative = np.array([[False, True, False], [True, False, True]])
+    await log.append("t", make_batch(2, positive=positive, negative=negative))
+    await log.append("t", make_batch(1, negative=np.array([[False, False, True]])))
+    await log.append("t", make_batch(1))
+    got = await log.read("t", "g", "c", max_records=10)
+    assert [(r.positive, r.negative) for r in got] == [
+        ((0, 2), (1,)), ((), (0, 2)), ((), (2,)), ((), ())]
