@@ -94,12 +94,14 @@ def subscribe(topic: str = typer.Option(..., "--topic", "-t"),
 def demo(report: Path = typer.Option(Path("demo-report.json"), "--report", help="where to write the JSON report"),
          producers: int = typer.Option(4, "--producers", min=1),
          teacher_dir: Path = typer.Option(DEFAULT_TEACHER_DIR, "--teacher-dir"),
+         severity: int = typer.Option(1, "--severity", min=1, max=3,
+                                      help="shift severity (models/shift.py); 1 is the demo's"),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the whole loop on the embedded teacher and write a report."""
     from pseudostream.clients.demo import DemoSettings, format_report, run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    result = run_demo(DemoSettings(producers=producers, teacher_dir=teacher_dir))
+    result = run_demo(DemoSettings(producers=producers, teacher_dir=teacher_dir, severity=severity))
     report.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(format_report(result))
     typer.echo(f"report written to {report}")

@@ -42,6 +42,7 @@ class DemoSettings:
     policy: str = "fixed"
     policy_params: dict[str, Any] = field(default_factory=lambda: {"tau": 0.95})
     seed: int = 0
+    severity: int = 1  # models.shift.DEMO_SEVERITY; 2 and 3 break the frozen teacher
     progress: bool = True
 
 
@@ -53,8 +54,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     card = build_demo_teacher(settings.teacher_dir, seed=settings.seed)
     splits = load_digits_splits(seed=settings.seed)
-    stream_x = apply_shift(splits.stream_x, seed=STREAM_SHIFT_SEED)
-    test_x = apply_shift(splits.test_x, seed=TEST_SHIFT_SEED)
+    stream_x = apply_shift(splits.stream_x, seed=STREAM_SHIFT_SEED, severity=settings.severity)
+    test_x = apply_shift(splits.test_x, seed=TEST_SHIFT_SEED, severity=settings.severity)
     with tempfile.TemporaryDirectory(prefix="pseudostream-demo-") as work:
         config = ServiceConfig(
             port=0, metrics_port=None,
@@ -70,7 +71,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     report.update(_label_quality(report.pop("_accepted"), stream_truth))
     report["teacher_accuracy_shifted"] = _teacher_accuracy(settings.teacher_dir, test_x, splits.test_y)
     report["teacher_version"] = card.version
-    report["shift"] = _describe_shift()
+    report["shift"] = _describe_shift(settings.severity)
     return report
 
 
@@ -141,11 +142,10 @@ def _teacher_accuracy(teacher_dir: Path, x: np.ndarray, y: np.ndarray) -> float:
     return round(float((logits.argmax(axis=1) == y).mean()), 4)
 
 
-def _describe_shift() -> dict[str, Any]:
+def _describe_shift(severity: int) -> dict[str, Any]:
     from pseudostream.models import shift
 
-    return {"kind": shift.SHIFT_KIND, "contrast_factor": shift.CONTRAST_FACTOR,
-            "blur_sigma": shift.BLUR_SIGMA, "noise_std": shift.NOISE_STD,
+    return {"kind": shift.SHIFT_KIND, "severity": severity, **shift.severity_params(severity),
             "stream_seed": STREAM_SHIFT_SEED, "test_seed": TEST_SHIFT_SEED}
 
 

@@ -52,9 +52,12 @@ class StudentTrainer:
 
     def run(self) -> None:
         """Train online on the subscription, then finish the recipe's epochs on the buffer."""
+        from pseudostream.models.training import torch_threads
+
         try:
-            self._online()
-            self._finish()
+            with torch_threads(1):  # the service shares these cores; one thread trains fastest
+                self._online()
+                self._finish()
         except BaseException as exc:  # reported to the demo's main thread
             self.error = exc
 
