@@ -85,7 +85,7 @@ def run_policy(name: str, z: np.ndarray, views: np.ndarray, ids: list[str]) -> d
             single = d.positive.sum(axis=1) == 1
             lab = np.where(single, d.positive.argmax(axis=1), -1)
             d.accept = d.accept & single
-        accept.append(d.accept)
+        accept.append(d.accept & (lab >= 0))  # positives only; negative-only labels are not scored
         label.append(lab)
         weight.append(d.weight)
     return {"accept": np.concatenate(accept), "label": np.concatenate(label),

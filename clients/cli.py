@@ -121,8 +121,19 @@ def build_demo(out: Path = typer.Option(DEFAULT_TEACHER_DIR, "--out"),
 
 
 def main() -> None:
-    """Entry point of the ``pseudostream`` script."""
-    app()
+    """Entry point of the ``pseudostream`` script: service errors print as one line, exit 1."""
+    import grpc
+
+    from pseudostream.server.errors import PseudostreamError
+
+    try:
+        app()
+    except grpc.RpcError as exc:
+        typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        raise SystemExit(1) from None
+    except PseudostreamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

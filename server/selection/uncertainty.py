@@ -8,7 +8,10 @@ p_bar = mean over views, std = unbiased std over views (``torch.std``).
     negative: p_bar_c < tau_n (0.05) and std_c < kappa_n (0.005), argmax excluded, only for
               samples not selected positive -> ``Decisions.negative`` [B, C]
 Rejected samples carry reason "below_class_threshold" (confidence test failed) or "uncertain"
-(confident but std too high); negatives are reported on rejected samples too. Stateless. The
+(confident but std too high). UPS trains on negative labels too, so by default
+(``deliver_negatives``) a sample with no positive but at least one negative class is accepted
+with label -1 and its negative classes, and reaches trainers like a multi-label record; with
+``deliver_negatives=False`` the negatives are only reported on the rejected decision. Stateless. The
 official code takes the negatives from a separately tempered softmax (``temp_nl``); here the
 views are used as given (temper them in the teacher if wanted).
 """
@@ -46,12 +49,14 @@ class UncertaintyPolicy(ThresholdPolicy):
         kappa_p: float = 0.05,
         tau_n: float = 0.05,
         kappa_n: float = 0.005,
+        deliver_negatives: bool = True,
     ) -> None:
         super().__init__(num_classes)
         self.tau_p = check_fraction(self.name, "tau_p", tau_p)
         self.kappa_p = check_fraction(self.name, "kappa_p", kappa_p)
         self.tau_n = check_fraction(self.name, "tau_n", tau_n)
         self.kappa_n = check_fraction(self.name, "kappa_n", kappa_n)
+        self.deliver_negatives = bool(deliver_negatives)
 
     def _views(self, batch: PolicyBatch) -> np.ndarray:
         if batch.views is None:
@@ -82,6 +87,12 @@ class UncertaintyPolicy(ThresholdPolicy):
         decisions = Decisions.from_mask(accept, label, conf, self.tau_p)
         decisions.reason = np.where(accept, "", np.where(confident, REASON_UNCERTAIN, REASON_BELOW_THRESHOLD))
         decisions.negative = negative
+        if self.deliver_negatives:
+            negative_only = ~accept & negative.any(axis=1)
+            decisions.accept = accept | negative_only
+            decisions.label = np.where(negative_only, -1, decisions.label)
+            decisions.weight = np.where(negative_only, np.float32(1), decisions.weight)
+            decisions.reason = np.where(negative_only, "", decisions.reason)
         return decisions
 
     def update(self, batch: PolicyBatch) -> None:

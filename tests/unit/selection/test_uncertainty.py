@@ -25,7 +25,7 @@ def test_positive_negative_and_reasons():
         # 3: class 2 [0.01, 0.02, 0.03]: mean 0.02 but std 0.01 >= 0.005 -> not negative
         [[0.5, 0.49, 0.01], [0.5, 0.48, 0.02], [0.5, 0.47, 0.03]],
     ]
-    d = UncertaintyPolicy(3).select(batch(views))
+    d = UncertaintyPolicy(3, deliver_negatives=False).select(batch(views))
     assert d.accept.tolist() == [True, False, False, False]
     assert d.label.tolist() == [0, 0, 0, 0]
     assert d.reason.tolist() == ["", "uncertain", "below_class_threshold", "below_class_threshold"]
@@ -37,6 +37,20 @@ def test_positive_negative_and_reasons():
         [False, False, False],
     ]
     assert d.positive is None
+
+
+def test_negative_only_samples_are_delivered_by_default():
+    views = [
+        [[0.8, 0.1, 0.1]] * 3,  # positive, class 0
+        [[0.6, 0.38, 0.02]] * 3,  # not positive (0.6 < 0.7); class 2: mean 0.02, std 0 -> negative
+        [[0.5, 0.49, 0.01], [0.5, 0.48, 0.02], [0.5, 0.47, 0.03]],  # nothing decided
+    ]
+    d = UncertaintyPolicy(3).select(batch(views))
+    assert d.accept.tolist() == [True, True, False]
+    assert d.label.tolist() == [0, -1, 0]
+    assert d.weight.tolist() == [1.0, 1.0, 0.0]
+    assert d.reason.tolist() == ["", "", "below_class_threshold"]
+    assert d.negative[1].tolist() == [False, False, True]
 
 
 def test_argmax_never_negative():
