@@ -84,7 +84,10 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                 if records:
                     yield codec.encode_records(request.topic, records, request.include_samples)
         finally:
-            await asyncio.shield(label_log.release(request.topic, request.group, request.consumer))
+            try:
+                await asyncio.shield(label_log.release(request.topic, request.group, request.consumer))
+            except Exception as exc:  # log closed at shutdown: restart makes them deliverable
+                log.debug("release after Subscribe ended failed: %s", exc)
 
     async def Ack(self, request: pb.AckRequest, context: aio.ServicerContext) -> pb.AckResponse:
         acked, committed = await self.core.ack(request.topic, request.group, list(request.offsets))
