@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 from grpc import aio
@@ -34,6 +35,7 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         responses go out in request order. A bad request ends the stream with its status after
         the responses to the requests before it."""
         inflight: asyncio.Queue = asyncio.Queue(maxsize=self.core.config.max_inflight_per_stream)
+        latency = self.core.metrics.rpc_latency.labels("Label")  # per request: received -> answered
         reader = asyncio.create_task(self._read_requests(request_iterator, inflight))
         try:
             while True:
@@ -42,9 +44,10 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                request, task = item
+                request, task, received = item
                 outcome = await task
                 yield codec.encode_label_response(request.request_id, request.ids, outcome)
+                latency.observe(time.perf_counter() - received)
             await reader
         finally:
             reader.cancel()
@@ -52,12 +55,13 @@ class LabelerServicer(pb_grpc.LabelerServicer):
     async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue) -> None:
         try:
             async for request in requests:
+                received = time.perf_counter()
                 topic = self.core.topic(request.topic)
                 teacher = self.core.backends[topic.config.teacher].metadata
                 parsed = codec.decode_label_request(request, teacher, topic.config.max_sample_bytes,
                                                     topic.config.audit_label_key)
                 # Labeling runs even if this client goes away: accepted labels reach the log.
-                await out.put((parsed, asyncio.ensure_future(self.core.label(parsed))))
+                await out.put((parsed, asyncio.ensure_future(self.core.label(parsed)), received))
         except PseudostreamError as exc:
             await out.put(exc)
             return
