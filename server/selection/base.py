@@ -15,7 +15,8 @@ import numpy as np
 
 from pseudostream.server.registry import Registry
 
-__all__ = ["PolicyBatch", "Decisions", "ThresholdPolicy", "POLICIES", "REASON_BELOW_THRESHOLD"]
+__all__ = ["PolicyBatch", "Decisions", "ThresholdPolicy", "PerClassThresholdPolicy", "POLICIES",
+           "REASON_BELOW_THRESHOLD"]
 
 REASON_BELOW_THRESHOLD = "below_class_threshold"
 
@@ -152,6 +153,25 @@ class ThresholdPolicy(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+class PerClassThresholdPolicy(ThresholdPolicy):
+    """A policy whose mask is ``max p >= threshold[argmax p]``: subclasses give the vector."""
+
+    @abstractmethod
+    def _thresholds(self) -> np.ndarray:
+        """The current [C] thresholds, float64."""
+
+    def thresholds(self) -> np.ndarray:
+        return self._thresholds().astype(np.float32)
+
+    def decide(self, batch: PolicyBatch) -> Decisions:
+        from pseudostream.server.selection._common import batch_probs
+
+        probs = batch_probs(batch, self.num_classes, self.name)
+        conf, label = probs.max(axis=1), probs.argmax(axis=1)
+        thr = self._thresholds()[label]
+        return Decisions.from_mask(conf >= thr, label, conf, thr)
 
 
 POLICIES: Registry[ThresholdPolicy] = Registry("threshold policy")

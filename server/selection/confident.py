@@ -23,7 +23,7 @@ import numpy as np
 
 from pseudostream.server.errors import ConfigError
 from pseudostream.server.selection._common import batch_probs
-from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
+from pseudostream.server.selection.base import POLICIES, PerClassThresholdPolicy, PolicyBatch
 
 __all__ = ["ConfidentLearningPolicy", "UNSEEN_THRESHOLD"]
 
@@ -31,7 +31,7 @@ UNSEEN_THRESHOLD = 2.0  # cleanlab's BIG_VALUE for probabilities: rejects every 
 
 
 @POLICIES.register("confident")
-class ConfidentLearningPolicy(ThresholdPolicy):
+class ConfidentLearningPolicy(PerClassThresholdPolicy):
     """Accept a prediction when it reaches its class's running mean self-confidence."""
 
     name = "confident"
@@ -46,15 +46,6 @@ class ConfidentLearningPolicy(ThresholdPolicy):
 
     def _thresholds(self) -> np.ndarray:
         return np.where(self.n > 0, self.t, UNSEEN_THRESHOLD)
-
-    def thresholds(self) -> np.ndarray:
-        return self._thresholds().astype(np.float32)
-
-    def decide(self, batch: PolicyBatch) -> Decisions:
-        probs = batch_probs(batch, self.num_classes, self.name)
-        conf, label = probs.max(axis=1), probs.argmax(axis=1)
-        thr = self._thresholds()[label]
-        return Decisions.from_mask(conf >= thr, label, conf, thr)
 
     def update(self, batch: PolicyBatch) -> None:
         probs = batch_probs(batch, self.num_classes, self.name)

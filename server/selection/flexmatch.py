@@ -29,7 +29,7 @@ import numpy as np
 
 from pseudostream.server.errors import ConfigError
 from pseudostream.server.selection._common import batch_probs, check_fraction
-from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
+from pseudostream.server.selection.base import POLICIES, PerClassThresholdPolicy, PolicyBatch
 
 __all__ = ["FlexMatchPolicy"]
 
@@ -37,7 +37,7 @@ _MAPPINGS = ("convex", "linear")
 
 
 @POLICIES.register("flexmatch")
-class FlexMatchPolicy(ThresholdPolicy):
+class FlexMatchPolicy(PerClassThresholdPolicy):
     """Class-wise thresholds scaled by each class's learning status (selected counts)."""
 
     name = "flexmatch"
@@ -75,15 +75,6 @@ class FlexMatchPolicy(ThresholdPolicy):
         beta = self._beta()
         mapped = beta / (2.0 - beta) if self.mapping == "convex" else (beta + 1.0) / 2.0
         return self.tau * mapped
-
-    def thresholds(self) -> np.ndarray:
-        return self._thresholds().astype(np.float32)
-
-    def decide(self, batch: PolicyBatch) -> Decisions:
-        probs = batch_probs(batch, self.num_classes, self.name)
-        conf, label = probs.max(axis=1), probs.argmax(axis=1)
-        thr = self._thresholds()[label]
-        return Decisions.from_mask(conf >= thr, label, conf, thr)
 
     def update(self, batch: PolicyBatch) -> None:
         probs = batch_probs(batch, self.num_classes, self.name)

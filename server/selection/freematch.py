@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.selection._common import Momentum, batch_probs, check_fraction
-from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
+from pseudostream.server.selection.base import POLICIES, PerClassThresholdPolicy, PolicyBatch
 
 __all__ = ["FreeMatchPolicy"]
 
 
 @POLICIES.register("freematch")
-class FreeMatchPolicy(ThresholdPolicy):
+class FreeMatchPolicy(PerClassThresholdPolicy):
     """Global EMA confidence threshold, modulated per class by the EMA class marginal."""
 
     name = "freematch"
@@ -49,15 +49,6 @@ class FreeMatchPolicy(ThresholdPolicy):
 
     def _thresholds(self) -> np.ndarray:
         return self.tau_g * self.p_tilde / self.p_tilde.max()
-
-    def thresholds(self) -> np.ndarray:
-        return self._thresholds().astype(np.float32)
-
-    def decide(self, batch: PolicyBatch) -> Decisions:
-        probs = batch_probs(batch, self.num_classes, self.name)
-        conf, label = probs.max(axis=1), probs.argmax(axis=1)
-        thr = self._thresholds()[label]
-        return Decisions.from_mask(conf >= thr, label, conf, thr)
 
     def update(self, batch: PolicyBatch) -> None:
         probs = batch_probs(batch, self.num_classes, self.name)
