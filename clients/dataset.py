@@ -1,27 +1,36 @@
 """``PseudoLabelDataset``: a topic's accepted pseudo-labels as a PyTorch IterableDataset.
 
-Yields ``(sample, label, weight)`` (the sample as a float tensor when the topic stores samples,
-else the sample id). Records arrive through a bounded prefetch queue (backpressure: a slow
-trainer does not buffer without limit). Call ``commit()`` after the optimizer step that used the
-yielded samples: their offsets are acked, so a restarted trainer resumes after them and gets
-every unacked label again. Run it with ``DataLoader(num_workers=0)`` when committing from the
-training loop.
+Yields ``(sample, label, weight)``, or ``(sample, label, weight, offset)`` with
+``with_offsets=True`` (the sample as a float tensor when the topic stores samples and
+``include_samples`` is on, else the sample id). Records arrive through a bounded prefetch queue
+(backpressure: a slow trainer does not buffer without limit).
+
+Acking after the optimizer step that used the samples (at-least-once: a crash before the ack
+means the labels come again):
+- ``num_workers=0``: call ``commit()`` after the step; it acks everything yielded so far.
+- ``num_workers>0``: each DataLoader worker is its own consumer of the group (``consumer-w0``,
+  ``consumer-w1``, ...); use ``with_offsets=True`` and wrap the step in
+  ``with dataset.step(batch): ...``, which acks the batch's offsets when the block succeeds.
+  Use ``multiprocessing_context="spawn"`` (gRPC channels do not survive a fork).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from pseudostream.clients.client import AsyncLabelerClient
 from pseudostream.clients.sync import LoopThread, new_async_client
+from pseudostream.server.labellog.base import LabelRecord
 
 __all__ = ["PseudoLabelDataset"]
 
@@ -31,76 +40,100 @@ _END = object()
 
 
 class PseudoLabelDataset(IterableDataset):
-    """Stream of (sample, label, weight) from ``topic`` for consumer ``consumer`` of ``group``.
+    """Stream of pseudo-labels of ``topic`` for consumer ``consumer`` of ``group``.
 
     ``idle_timeout_s``: stop iterating after this long without a new label (None: never).
-    ``max_records``: stop after yielding this many. ``min_weight``: skip (but still ack) labels
-    with a lower weight. ``prefetch_batches``: most delivered batches buffered ahead of training.
+    ``max_records``: stop after yielding this many. ``min_weight`` and ``classes``: skip (but
+    still ack) labels with a lower weight or another class. ``prefetch_batches``: most delivered
+    batches buffered ahead of training.
     """
 
     def __init__(self, target: str, topic: str, group: str, consumer: str, *,
-                 include_samples: bool = True, idle_timeout_s: float | None = None,
-                 max_records: int | None = None, min_weight: float = 0.0,
+                 include_samples: bool = True, with_offsets: bool = False,
+                 idle_timeout_s: float | None = None, max_records: int | None = None,
+                 min_weight: float = 0.0, classes: Iterable[int] | None = None,
                  max_batch: int = 256, prefetch_batches: int = 4,
                  client_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.target, self.topic, self.group, self.consumer = target, topic, group, consumer
-        self.include_samples = include_samples
-        self.idle_timeout_s = idle_timeout_s
-        self.max_records = max_records
+        self.include_samples, self.with_offsets = include_samples, with_offsets
+        self.idle_timeout_s, self.max_records = idle_timeout_s, max_records
         self.min_weight = min_weight
-        self.max_batch = max_batch
-        self.prefetch_batches = prefetch_batches
+        self.classes = None if classes is None else frozenset(int(c) for c in classes)
+        self.max_batch, self.prefetch_batches = max_batch, prefetch_batches
         self.client_kwargs = client_kwargs or {}
+        self.committed_offset = 0
         self._uncommitted: list[int] = []
         self._lock = threading.Lock()
-        self._loop: LoopThread | None = None
-        self._client: AsyncLabelerClient | None = None
-        self.committed_offset = 0
+        self._conn: tuple[int, LoopThread, AsyncLabelerClient] | None = None
 
-    def __iter__(self) -> Iterator[tuple[Any, int, float]]:
-        if self._loop is None or self._client is None:
-            self._loop = LoopThread()
-            self._client = self._loop.run(new_async_client(self.target, self.client_kwargs))
-        loop, client = self._loop, self._client
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to DataLoader workers: without the connection or the lock of this process.
+        state = dict(self.__dict__, _conn=None, _uncommitted=[])
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _connection(self) -> tuple[LoopThread, AsyncLabelerClient]:
+        """This process's client (a forked or spawned worker makes its own)."""
+        if self._conn is None or self._conn[0] != os.getpid():
+            loop = LoopThread()
+            self._conn = (os.getpid(), loop, loop.run(new_async_client(self.target, self.client_kwargs)))
+        return self._conn[1], self._conn[2]
+
+    def _consumer_name(self) -> str:
+        worker = get_worker_info()
+        return self.consumer if worker is None else f"{self.consumer}-w{worker.id}"
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        loop, client = self._connection()
         buffer: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
-        pump = asyncio.run_coroutine_threadsafe(self._pump(client, buffer), loop.loop)
-        yielded = 0
+        pump = asyncio.run_coroutine_threadsafe(
+            self._pump(client, self._consumer_name(), buffer), loop.loop)
         try:
-            while self.max_records is None or yielded < self.max_records:
-                try:
-                    records = buffer.get(timeout=self.idle_timeout_s)
-                except queue.Empty:
-                    return
-                if records is _END:
-                    return
-                for record in records:
-                    with self._lock:
-                        self._uncommitted.append(record.offset)
-                    if record.weight < self.min_weight:
-                        continue
-                    yield self._item(record), record.label, record.weight
-                    yielded += 1
-                    if self.max_records is not None and yielded >= self.max_records:
-                        return
+            yield from self._records(buffer)
         finally:
             pump.cancel()
-            while True:  # unblock a pump waiting on a full buffer
-                try:
+            with contextlib.suppress(queue.Empty):
+                while True:  # unblock a pump waiting on a full buffer
                     buffer.get_nowait()
-                except queue.Empty:
-                    break
 
-    def _item(self, record: Any) -> Any:
+    def _records(self, buffer: queue.Queue) -> Iterator[tuple[Any, ...]]:
+        yielded = 0
+        while self.max_records is None or yielded < self.max_records:
+            try:
+                records = buffer.get(timeout=self.idle_timeout_s)
+            except queue.Empty:
+                return
+            if records is _END:
+                return
+            for record in records:
+                with self._lock:
+                    self._uncommitted.append(record.offset)
+                if not self._wanted(record):
+                    continue
+                item = (self._sample(record), record.label, record.weight)
+                yield (*item, record.offset) if self.with_offsets else item
+                yielded += 1
+                if self.max_records is not None and yielded >= self.max_records:
+                    return
+
+    def _wanted(self, record: LabelRecord) -> bool:
+        return record.weight >= self.min_weight and (self.classes is None or record.label in self.classes)
+
+    def _sample(self, record: LabelRecord) -> Any:
         array = record.sample_array() if self.include_samples else None
         if array is None:
             return record.sample_id
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
-    async def _pump(self, client: AsyncLabelerClient, buffer: queue.Queue) -> None:
+    async def _pump(self, client: AsyncLabelerClient, consumer: str, buffer: queue.Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for records in client.subscribe(self.topic, self.group, self.consumer,
+            async for records in client.subscribe(self.topic, self.group, consumer,
                                                   max_batch=self.max_batch,
                                                   include_samples=self.include_samples):
                 # A blocking put on a worker thread: waits while the trainer is behind.
@@ -111,20 +144,35 @@ class PseudoLabelDataset(IterableDataset):
             log.warning("subscription to %s ended: %s", self.topic, exc)
             await loop.run_in_executor(None, buffer.put, _END)
 
-    def commit(self) -> int:
-        """Ack every label yielded so far (call after the optimizer step); returns how many."""
-        with self._lock:
-            offsets, self._uncommitted = self._uncommitted, []
-        if not offsets or self._loop is None or self._client is None:
+    def ack(self, offsets: Sequence[int] | torch.Tensor) -> int:
+        """Ack ``offsets`` for the group (from any process); returns how many were pending."""
+        values = [int(o) for o in (offsets.tolist() if isinstance(offsets, torch.Tensor) else offsets)]
+        if not values:
             return 0
-        result = self._loop.run(self._client.ack(self.topic, self.group, offsets, self.consumer))
+        loop, client = self._connection()
+        result = loop.run(client.ack(self.topic, self.group, values, self.consumer))
         self.committed_offset = result.committed_offset
         return result.acked
 
-    def close(self) -> None:
-        """Close the connection (after the last commit)."""
-        if self._loop is not None and self._client is not None:
-            self._loop.run(self._client.close())
-            self._loop.close()
-        self._loop = self._client = None
+    def commit(self) -> int:
+        """Ack every label this process yielded so far (``num_workers=0``: call after the step)."""
+        with self._lock:
+            offsets, self._uncommitted = self._uncommitted, []
+        return self.ack(offsets)
 
+    @contextlib.contextmanager
+    def step(self, batch: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        """``with dataset.step(batch): train on it`` acks the batch's offsets (its last element,
+        ``with_offsets=True``) when the block finishes without an exception."""
+        if not self.with_offsets:
+            raise ValueError("step(batch) needs with_offsets=True, so batches carry their offsets")
+        yield batch
+        self.ack(batch[-1])
+
+    def close(self) -> None:
+        """Close this process's connection (after the last ack)."""
+        if self._conn is not None and self._conn[0] == os.getpid():
+            _, loop, client = self._conn
+            loop.run(client.close())
+            loop.close()
+        self._conn = None

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -72,3 +78,60 @@ def ort_probabilities(teacher_dir: Path, x: np.ndarray) -> np.ndarray:
 def reference_probs(teacher_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """Direct ONNX Runtime reference for the teacher's calibrated probabilities."""
     return lambda x: ort_probabilities(teacher_dir, x)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway ``redis-server`` on a free loopback port, no persistence, for the session.
+    Tests share it: each keeps to its own key prefix. Without redis-server (or the redis
+    package) tests skip, except in CI (CI=true), where .ci/run must install them."""
+    binary = shutil.which("redis-server")
+    needs = (("redis-server", binary), ("the redis package", importlib.util.find_spec("redis")))
+    missing = [what for what, found in needs if not found]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{' and '.join(missing)} not installed: .ci/run must install them "
+                        "(apt-get install -y redis-server; pip install -e '.[dev]')")
+        pytest.skip(f"{' and '.join(missing)} not installed: apt-get install redis-server, "
+                    "pip install -e '.[dev]'")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _attempt in range(3):  # another process may take the free port before redis binds it
+        port = _free_port()
+        with open(workdir / "redis.log", "wb") as out:
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir)],
+                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline and not _answers_ping(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _answers_ping(port):
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"redis-server did not start: {(workdir / 'redis.log').read_text()[-2000:]}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

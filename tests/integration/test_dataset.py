@@ -54,3 +54,71 @@ async def test_dataset_acks_after_steps_and_resumes(make_config, digits):
     assert len(rest) == 24  # exactly the unacked ones, none of the acked
     assert sorted(first + rest) == sorted(labels.tolist())
     assert state.group_lag["students"] == 0
+
+
+async def test_dataloader_workers_are_consumers_and_step_acks(make_config, digits):
+    config = make_config(topics={"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}})
+    x = np.ascontiguousarray(digits.stream_x[:64])
+    async with LabelingServer(config) as server:
+        def scenario() -> tuple:
+            with LabelerClient(server.address) as client:
+                labels = client.label("digits", x, ids=[f"w-{i}" for i in range(64)]).label
+            dataset = PseudoLabelDataset(server.address, "digits", "students", "trainer",
+                                         with_offsets=True, idle_timeout_s=3.0, max_batch=8)
+            loader = DataLoader(dataset, batch_size=8, num_workers=2,
+                                multiprocessing_context="spawn")
+            offsets: list[int] = []
+            for batch in loader:
+                with dataset.step(batch):
+                    assert batch[0].shape[1:] == (1, 8, 8)
+                    offsets.extend(batch[3].tolist())
+            dataset.close()
+            with LabelerClient(server.address) as client:
+                state = client.get_topic("digits", groups=["students"])
+            return labels, offsets, state
+
+        labels, offsets, state = await asyncio.get_running_loop().run_in_executor(None, scenario)
+    assert sorted(offsets) == list(range(64))  # every label once, across both workers
+    assert state.group_lag["students"] == 0 and state.group_committed["students"] == 64
+
+
+async def test_class_and_weight_filters_skip_but_still_ack(make_config, digits):
+    config = make_config(topics={"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}})
+    x = np.ascontiguousarray(digits.stream_x[:30])
+    async with LabelingServer(config) as server:
+        def scenario() -> tuple:
+            with LabelerClient(server.address) as client:
+                labels = client.label("digits", x, ids=[f"f-{i}" for i in range(30)]).label
+            dataset = PseudoLabelDataset(server.address, "digits", "g", "c", classes=[0, 1, 2],
+                                         include_samples=False, idle_timeout_s=1.0)
+            got = list(dataset)
+            dataset.commit()
+            dataset.close()
+            with LabelerClient(server.address) as client:
+                state = client.get_topic("digits", groups=["g"])
+            return labels, got, state
+
+        labels, got, state = await asyncio.get_running_loop().run_in_executor(None, scenario)
+    wanted = {f"f-{i}" for i in range(30) if labels[i] in (0, 1, 2)}
+    assert {sid for sid, _, _ in got} == wanted and all(y in (0, 1, 2) for _, y, _ in got)
+    assert state.group_lag["g"] == 0  # the skipped ones were acked too
+
+
+async def test_example_trainer_runs_against_a_live_service(make_config, digits):
+    import subprocess
+    import sys
+
+    config = make_config(topics={"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}})
+    async with LabelingServer(config) as server:
+        def scenario() -> str:
+            with LabelerClient(server.address) as client:
+                client.label("digits", np.ascontiguousarray(digits.stream_x[:40]),
+                             ids=[f"e-{i}" for i in range(40)])
+            done = subprocess.run([sys.executable, "-m", "pseudostream.clients.examples.train_student",
+                                   "--target", server.address, "--max-records", "40"],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            return done.stdout
+
+        out = await asyncio.get_running_loop().run_in_executor(None, scenario)
+    assert "trained on 40 pseudo-labels" in out

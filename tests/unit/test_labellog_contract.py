@@ -1,13 +1,14 @@
 """Contract tests every LabelLog implementation passes; they use the LabelLog interface only.
 
-Add an implementation by adding a factory to FACTORIES. The visibility timeout is short
-(VISIBILITY seconds) so redelivery tests stay fast.
+Add an implementation by adding a factory to FACTORIES; a factory gets the fixture request, to
+ask for the fixtures it needs. The visibility timeout is short (VISIBILITY seconds) so
+redelivery tests stay fast.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import uuid
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -19,16 +20,26 @@ VISIBILITY = 0.3
 PAST_VISIBILITY = VISIBILITY + 0.1
 
 
-async def _sqlite(tmp_path: Path) -> LabelLog:
-    return SqliteLabelLog(tmp_path / "labels.db", visibility_timeout_s=VISIBILITY)
+async def _sqlite(request: pytest.FixtureRequest) -> LabelLog:
+    db = request.getfixturevalue("tmp_path") / "labels.db"
+    return SqliteLabelLog(db, visibility_timeout_s=VISIBILITY)
 
 
-FACTORIES: dict[str, Callable[[Path], Awaitable[LabelLog]]] = {"sqlite": _sqlite}
+async def _redis(request: pytest.FixtureRequest) -> LabelLog:
+    url = request.getfixturevalue("redis_url")  # skips without redis-server
+    from pseudostream.server.labellog.redis import RedisLabelLog
+
+    prefix = f"contract-{uuid.uuid4().hex}"  # a fresh namespace per test
+    return RedisLabelLog(url, prefix=prefix, visibility_timeout_s=VISIBILITY)
+
+
+FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[LabelLog]]] = {
+    "redis": _redis, "sqlite": _sqlite}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-async def log(request: pytest.FixtureRequest, tmp_path: Path):
-    instance = await FACTORIES[request.param](tmp_path)
+async def log(request: pytest.FixtureRequest):
+    instance = await FACTORIES[request.param](request)
     yield instance
     await instance.close()
 
