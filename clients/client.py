@@ -103,6 +103,16 @@ class AsyncLabelerClient:
                                                offsets=[int(o) for o in offsets]))
         return AckResult(acked=r.acked, committed_offset=r.committed_offset)
 
+    async def feedback(self, topic: str, group: str, offsets: Sequence[int], *, loss_before: float,
+                       loss_after: float, audit: dict[int, int] | None = None, step: int = 0,
+                       consumer: str = "") -> pb.FeedbackResponse:
+        """Report what a training step on the batch ``offsets`` did (and optional audit labels)."""
+        audit = audit or {}
+        return await self._stub.Feedback(pb.FeedbackRequest(
+            topic=topic, group=group, consumer=consumer, offsets=[int(o) for o in offsets],
+            loss_before=loss_before, loss_after=loss_after, step=step,
+            audit_offsets=list(audit), audit_labels=list(audit.values())))
+
     async def get_topic(self, topic: str, groups: Sequence[str] = ()) -> pb.TopicState:
         """The topic's live state."""
         return await self._stub.GetTopic(pb.GetTopicRequest(topic=topic, groups=list(groups)))

@@ -78,6 +78,9 @@ class TopicConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     dist_align: DistAlignConfig | None = None
     views: ViewsConfig | None = None
+    idempotency_window_s: float = Field(
+        600.0, ge=0, description="a sample id labeled again within this many seconds gets its "
+        "first decision back and no second log record (0 disables)")
     audit_label_key: str | None = Field(
         None, description="metadata key carrying a sample's true class index; such samples are "
         "decided and scored for quality but never logged for trainers")
@@ -86,12 +89,16 @@ class TopicConfig(_Strict):
 
 
 class LabelLogConfig(_Strict):
-    """Where accepted labels are kept."""
+    """Where accepted labels are kept: an embedded SQLite file (one service process) or Redis
+    Streams (shared by service replicas)."""
 
-    kind: Literal["sqlite"] = "sqlite"
-    path: Path = Path("pseudostream-labels.db")
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    path: Path = Field(Path("pseudostream-labels.db"), description="sqlite: the database file")
+    synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="sqlite durability")
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis: server URL")
+    prefix: str = Field("pseudostream", description="redis: key prefix")
+    max_len: int | None = Field(None, ge=1, description="redis: keep about this many records per topic")
     visibility_timeout_s: float = Field(30.0, gt=0)
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
 class ServiceConfig(BaseSettings):

@@ -6,9 +6,11 @@ The gRPC servicer is a thin layer over this; tests and the demo can drive it dir
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pseudostream.server.backends import TeacherBackend, make_backend
 from pseudostream.server.batcher import MicroBatcher, WorkItem
@@ -132,6 +134,30 @@ class LabelingCore:
         acked = await self.log.ack(topic, group, offsets)
         self.metrics.acked.labels(topic, group).inc(acked)
         return acked, await self.log.committed(topic, group)
+
+    async def feedback(self, topic: str, group: str, consumer: str, offsets: Sequence[int],
+                       loss_before: float, loss_after: float, audit: Mapping[int, int],
+                       step: int = 0) -> tuple[str, int, int]:
+        """Store a trainer's report on one acked batch; returns (key, audited, audit correct).
+
+        Audit labels are compared with the pseudo-labels the log holds for those offsets.
+        """
+        t = self.topic(topic)
+        if not group or not offsets:
+            raise InvalidInput("feedback: group and the batch's offsets are required")
+        bad = [label for label in audit.values() if not 0 <= label < len(t.classes)]
+        if bad:
+            raise InvalidInput(f"feedback: audit labels {bad[:5]} are not class indices 0..{len(t.classes) - 1}")
+        assert self.log is not None
+        records = await self.log.get(topic, sorted(audit)) if audit else []
+        correct = sum(audit[r.offset] == r.label for r in records)
+        key = f"feedback/{group}/{min(offsets):012d}-{max(offsets):012d}"
+        blob = {"consumer": consumer, "step": step, "offsets": list(offsets), "loss_before": loss_before,
+                "loss_after": loss_after, "audit": {str(k): v for k, v in audit.items()},
+                "received_at": time.time()}
+        await self.log.save_state(topic, key, json.dumps(blob).encode())
+        self.metrics.observe_feedback(topic, group, loss_before, loss_after, len(records), correct)
+        return key, len(records), correct
 
     async def snapshot(self, name: str, groups: Sequence[str] = ()) -> TopicSnapshot:
         """GetTopic: live policy, thresholds, counts, teacher version and lag."""

@@ -50,6 +50,17 @@ class ServiceMetrics:
                                  "Samples waiting for a teacher batch", ["teacher"], registry=r)
         self.backend_errors = Counter("pseudostream_backend_errors", "Teacher backend failures",
                                       ["teacher", "code"], registry=r)
+        self.feedback = Counter("pseudostream_trainer_feedback", "Trainer reports on acked batches",
+                                ["topic", "group"], registry=r)
+        self.trainer_loss = Gauge("pseudostream_trainer_loss",
+                                  "Trainer's labelled-set loss around its last reported step",
+                                  ["topic", "group", "when"], registry=r)
+        self.trainer_improvement = Histogram(
+            "pseudostream_trainer_loss_improvement", "loss_before - loss_after per reported step",
+            ["topic", "group"], buckets=(-1, -0.1, -0.01, -0.001, 0, 0.001, 0.01, 0.1, 1), registry=r)
+        self.trainer_audited = Counter("pseudostream_trainer_audited",
+                                       "Trainer audit labels checked against pseudo-labels, by outcome",
+                                       ["topic", "group", "outcome"], registry=r)
         self.teacher = Info("pseudostream_teacher", "Served teacher version", ["teacher"], registry=r)
 
     def observe_decisions(self, topic: str, classes: tuple[str, ...], accept: np.ndarray,
@@ -67,6 +78,17 @@ class ServiceMetrics:
     def track_topics(self, topics: Callable[[], Iterable[Any]]) -> None:
         """Report the live state of ``topics()`` (TopicRuntime objects) at each scrape."""
         self.registry.register(_TopicCollector(topics))
+
+    def observe_feedback(self, topic: str, group: str, loss_before: float, loss_after: float,
+                         audited: int, correct: int) -> None:
+        """Record one trainer report."""
+        self.feedback.labels(topic, group).inc()
+        self.trainer_loss.labels(topic, group, "before").set(loss_before)
+        self.trainer_loss.labels(topic, group, "after").set(loss_after)
+        self.trainer_improvement.labels(topic, group).observe(loss_before - loss_after)
+        if audited:
+            self.trainer_audited.labels(topic, group, "correct").inc(correct)
+            self.trainer_audited.labels(topic, group, "wrong").inc(audited - correct)
 
     def track_queue(self, teacher: str, depth: Callable[[], float]) -> None:
         """Report ``depth()`` as the queue depth of ``teacher`` at each scrape."""

@@ -16,6 +16,12 @@ import numpy as np
 
 from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
 from pseudostream.server.batcher import WorkItem
+from pseudostream.server.idempotency import (
+    concat_decisions,
+    decode_decisions,
+    encode_decisions,
+    unique_rows,
+)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
 from pseudostream.server.selection import Decisions, PolicyBatch
@@ -40,16 +46,8 @@ class LabelOutcome:
         """Join the outcomes of the chunks of one request, in order."""
         if len(parts) == 1:
             return parts[0]
-        d = [p.decisions for p in parts]
-
-        def cat(name: str) -> np.ndarray | None:
-            cols = [getattr(x, name) for x in d]
-            return None if any(c is None for c in cols) else np.concatenate(cols)
-
-        decisions = Decisions(**{f: cat(f) for f in (
-            "accept", "label", "confidence", "weight", "threshold", "reason", "positive",
-            "negative", "soft")})
-        return LabelOutcome(decisions, np.concatenate([p.offsets for p in parts]),
+        return LabelOutcome(concat_decisions([p.decisions for p in parts]),
+                            np.concatenate([p.offsets for p in parts]),
                             np.concatenate([p.teacher_version for p in parts]), parts[0].policy)
 
 
@@ -115,10 +113,41 @@ class TeacherPipeline:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
+        metadata = _metadata_rows(group)
+        window = topic.config.idempotency_window_s
+        known = await self.log.recall(topic.name, ids.tolist()) if window else {}
+        first, inverse = unique_rows(ids)
+        is_new = np.array([ids[k] not in known for k in first], bool)
+        parts: list[tuple[Decisions, np.ndarray, np.ndarray]] = []
+        new = first[is_new]
+        if new.size:
+            meta = None if metadata is None else [metadata[k] for k in new]
+            d, offsets = await self._decide(topic, rows[new], ids[new], x, logits, probs, version, meta)
+            parts.append((d, offsets, np.full(new.size, version, dtype=object)))
+            if window:
+                blobs = encode_decisions(d, offsets, version)
+                await self.log.remember(topic.name, dict(zip(ids[new].tolist(), blobs)), window)
+        if not is_new.all():  # retries: the first decision, not a second one
+            parts.append(decode_decisions([known[ids[k]] for k in first[~is_new]], topic.teacher.num_classes))
+        position = np.empty(first.size, np.int64)
+        position[np.concatenate([np.flatnonzero(is_new), np.flatnonzero(~is_new)])] = np.arange(first.size)
+        take = position[inverse]
+        decisions = concat_decisions([p[0] for p in parts]).take(take)
+        offsets = np.concatenate([p[1] for p in parts])[take]
+        versions = np.concatenate([p[2] for p in parts])[take]
+        bounds = np.cumsum(np.concatenate([[0], sizes]))
+        return [
+            LabelOutcome(decisions.take(slice(a, b)), offsets[a:b], versions[a:b], topic.policy.name)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+
+    async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
+                      logits: np.ndarray, probs: np.ndarray, version: str,
+                      metadata: list[Mapping[str, str]] | None) -> tuple[Decisions, np.ndarray]:
+        """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else)."""
         views = await self._views(topic, x[rows], probs[rows]) if topic.views else None
         decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows],
                                              views=views))
-        metadata = _metadata_rows(group)
         truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
         if truth is not None:
             topic.score_audit(decisions, truth)
@@ -146,12 +175,7 @@ class TeacherPipeline:
                                        decisions.label, decisions.reason)
         if topic.checkpoint_due:
             await topic.checkpoint()
-        versions = np.full(rows.size, version, dtype=object)
-        bounds = np.cumsum(np.concatenate([[0], sizes]))
-        return [
-            LabelOutcome(decisions.take(slice(a, b)), offsets[a:b], versions[a:b], topic.policy.name)
-            for a, b in zip(bounds[:-1], bounds[1:])
-        ]
+        return decisions, offsets
 
     async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """[K, B, C] probabilities: the batch itself, then K-1 test-time-augmented copies."""

@@ -97,6 +97,16 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         acked, committed = await self.core.ack(request.topic, request.group, list(request.offsets))
         return pb.AckResponse(acked=acked, committed_offset=committed)
 
+    async def Feedback(self, request: pb.FeedbackRequest, context: aio.ServicerContext) -> pb.FeedbackResponse:
+        if len(request.audit_offsets) != len(request.audit_labels):
+            raise InvalidInput(f"feedback: {len(request.audit_offsets)} audit offsets but "
+                               f"{len(request.audit_labels)} audit labels; send one label per offset")
+        key, audited, correct = await self.core.feedback(
+            request.topic, request.group, request.consumer, list(request.offsets),
+            request.loss_before, request.loss_after,
+            dict(zip(request.audit_offsets, request.audit_labels)), request.step)
+        return pb.FeedbackResponse(key=key, audited=audited, audit_correct=correct)
+
     async def GetTopic(self, request: pb.GetTopicRequest, context: aio.ServicerContext) -> pb.TopicState:
         snap = await self.core.snapshot(request.topic, list(request.groups))
         return pb.TopicState(**vars(snap))

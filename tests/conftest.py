@@ -104,11 +104,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     needs = (("redis-server", binary), ("the redis package", importlib.util.find_spec("redis")))
     missing = [what for what, found in needs if not found]
     if missing:
+        what = " and ".join(missing)
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{' and '.join(missing)} not installed: .ci/run must install them "
-                        "(apt-get install -y redis-server; pip install -e '.[dev]')")
-        pytest.skip(f"{' and '.join(missing)} not installed: apt-get install redis-server, "
-                    "pip install -e '.[dev]'")
+            pytest.fail(f"{what} not installed (CI=true): .ci/run must install redis-server "
+                        "(apt-get install -y redis-server) and the [dev] extra (redis>=5)")
+        pytest.skip(f"{what} not installed: apt-get install redis-server; pip install -e '.[dev]'")
     workdir = tmp_path_factory.mktemp("redis")
     for _attempt in range(3):  # another process may take the free port before redis binds it
         port = _free_port()

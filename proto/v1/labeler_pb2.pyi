@@ -215,3 +215,35 @@ class TopicState(_message.Message):
     quality: float
     audited: int
     def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ..., predicted_per_class: _Optional[_Iterable[int]] = ..., quantity: _Optional[float] = ..., quality: _Optional[float] = ..., audited: _Optional[int] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("topic", "group", "consumer", "offsets", "loss_before", "loss_after", "audit_offsets", "audit_labels", "step")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_LABELS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    group: str
+    consumer: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    loss_before: float
+    loss_after: float
+    audit_offsets: _containers.RepeatedScalarFieldContainer[int]
+    audit_labels: _containers.RepeatedScalarFieldContainer[int]
+    step: int
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., loss_before: _Optional[float] = ..., loss_after: _Optional[float] = ..., audit_offsets: _Optional[_Iterable[int]] = ..., audit_labels: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("key", "audited", "audit_correct")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    audited: int
+    audit_correct: int
+    def __init__(self, key: _Optional[str] = ..., audited: _Optional[int] = ..., audit_correct: _Optional[int] = ...) -> None: ...

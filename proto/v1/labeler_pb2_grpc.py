@@ -54,6 +54,11 @@ class LabelerStub:
                 request_serializer=pseudostream_dot_v1_dot_labeler__pb2.GetTopicRequest.SerializeToString,
                 response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TopicState.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/pseudostream.v1.Labeler/Feedback',
+                request_serializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class LabelerServicer:
@@ -90,6 +95,14 @@ class LabelerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Trainers report what a training step on an acked batch did (the Meta Pseudo Labels
+        signal: loss on a labelled set before and after the step) and optional audit labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabelerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_LabelerServicer_to_server(servicer, server):
                     servicer.GetTopic,
                     request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.GetTopicRequest.FromString,
                     response_serializer=pseudostream_dot_v1_dot_labeler__pb2.TopicState.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.FromString,
+                    response_serializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class Labeler:
             '/pseudostream.v1.Labeler/GetTopic',
             pseudostream_dot_v1_dot_labeler__pb2.GetTopicRequest.SerializeToString,
             pseudostream_dot_v1_dot_labeler__pb2.TopicState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pseudostream.v1.Labeler/Feedback',
+            pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.SerializeToString,
+            pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,6 +117,20 @@ class LabelLog(ABC):
         """Records of ``topic`` the group has not acked yet (pending or never delivered)."""
 
     @abstractmethod
+    async def get(self, topic: str, offsets: Sequence[int]) -> list[LabelRecord]:
+        """The records at ``offsets`` (for audits and replay), in the order given; offsets that
+        do not exist (never appended, or gone by retention) are skipped. ``deliveries`` is 0."""
+
+    @abstractmethod
+    async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
+        """Keep a small blob per sample id for ``ttl_s`` seconds (the idempotency window: a
+        producer's retry of an id within it gets the first decision back)."""
+
+    @abstractmethod
+    async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
+        """The unexpired blobs ``remember`` kept for any of ``ids``."""
+
+    @abstractmethod
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:
         """Store a small checkpoint blob (policy or adapter state) under (topic, key)."""
 

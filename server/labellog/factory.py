@@ -16,4 +16,9 @@ def make_label_log(config: LabelLogConfig) -> LabelLog:
         config.path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteLabelLog(config.path, visibility_timeout_s=config.visibility_timeout_s,
                               synchronous=config.synchronous)
+    if config.kind == "redis":
+        from pseudostream.server.labellog.redis import RedisLabelLog
+
+        return RedisLabelLog(config.url, prefix=config.prefix, max_len=config.max_len,
+                             visibility_timeout_s=config.visibility_timeout_s)
     raise ValueError(f"unknown label log kind {config.kind!r}")  # unreachable: config validates

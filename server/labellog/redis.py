@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -220,7 +220,7 @@ class RedisLabelLog(LabelLog):
 
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:
         """XACK ``offsets``; returns how many were pending."""
-        ids = [f"{int(o) + 1}-0" for o in offsets]
+        ids = [f"{int(o) + 1}-0" for o in offsets if int(o) >= 0]  # no entry has id <= 0-0
         stream = self._keys(topic)[0]
         acked = 0
         for i in range(0, len(ids), 1000):
@@ -248,6 +248,42 @@ class RedisLabelLog(LabelLog):
         end, cursor, _, pending = await self._group_info(topic, group)
         return end - cursor + pending
 
+    async def get(self, topic: str, offsets: Sequence[int]) -> list[LabelRecord]:
+        """The records at ``offsets`` in the order given; missing (trimmed) ones are skipped."""
+        log_key = self._keys(topic)[0]
+
+        async def fetch() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for o in offsets:
+                    pipe.xrange(log_key, f"{int(o) + 1}-0", f"{int(o) + 1}-0")
+                return await pipe.execute()
+
+        found = await self._call("get", fetch) if offsets else []
+        return [_to_record((_offset(i), *_decode([x for kv in f.items() for x in kv])), 0)
+                for entries in found for i, f in entries]
+
+    async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
+        """Keep ``entries`` (sample id -> blob) for ``ttl_s`` seconds, one expiring key each."""
+        base = self._keys(topic)[3]
+        ttl_ms = max(1, round(ttl_s * 1000))
+
+        async def store() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for sid, blob in entries.items():
+                    pipe.set(f"{base}:{sid}", bytes(blob), px=ttl_ms)
+                await pipe.execute()
+
+        if entries:
+            await self._call("remember", store)
+
+    async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
+        """The unexpired blobs remembered for ``ids``."""
+        if not ids:
+            return {}
+        base = self._keys(topic)[3]
+        values = await self._call("recall", self._redis.mget, [f"{base}:{sid}" for sid in ids])
+        return {sid: v for sid, v in zip(ids, values) if v is not None}
+
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:
         """Store ``blob`` under (topic, key), replacing any earlier one."""
         await self._call("save_state", self._redis.hset, self._keys(topic)[2], key, bytes(blob))
@@ -267,7 +303,7 @@ class RedisLabelLog(LabelLog):
 
     def _keys(self, topic: str) -> list[str]:
         base = f"{self.prefix}:{{{topic}}}"
-        return [f"{base}:log", f"{base}:next", f"{base}:state"]
+        return [f"{base}:log", f"{base}:next", f"{base}:state", f"{base}:recent"]
 
     async def _group_info(self, topic: str, group: str) -> tuple[int, int, int | None, int]:
         """(end offset, the group's cursor, its lowest pending offset or None, pending count);

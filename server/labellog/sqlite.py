@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,9 @@ CREATE INDEX IF NOT EXISTS pending_by_consumer ON pending(topic, grp, consumer);
 CREATE INDEX IF NOT EXISTS pending_by_deadline ON pending(topic, grp, deadline);
 CREATE TABLE IF NOT EXISTS state(topic TEXT NOT NULL, key TEXT NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY(topic, key));
+CREATE TABLE IF NOT EXISTS recent(topic TEXT NOT NULL, sample_id TEXT NOT NULL, blob BLOB NOT NULL,
+    expires REAL NOT NULL, PRIMARY KEY(topic, sample_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recent_by_expiry ON recent(topic, expires);
 """
 
 _RECORD_COLUMNS = (
@@ -167,6 +170,21 @@ class SqliteLabelLog(LabelLog):
                  - COALESCE((SELECT cursor FROM groups WHERE topic = :t AND grp = :g), 0)
                  + (SELECT COUNT(*) FROM pending WHERE topic = :t AND grp = :g)"""
         return await self._call("lag", self._scalar, sql, {"t": topic, "g": group})
+
+    async def get(self, topic: str, offsets: Sequence[int]) -> list[LabelRecord]:
+        """The records at ``offsets`` in the order given; missing ones are skipped."""
+        order = [(int(o), 0) for o in offsets]
+        return await self._call("get", self._fetch, topic, order, True)
+
+    async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
+        """Keep ``entries`` (sample id -> blob) for ``ttl_s`` seconds; expired ones are purged."""
+        now = time.time()
+        rows = [(topic, sid, bytes(blob), now + ttl_s) for sid, blob in entries.items()]
+        await self._call("remember", self._remember, topic, rows, now)
+
+    async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
+        """The unexpired blobs remembered for ``ids``."""
+        return await self._call("recall", self._recall, topic, list(ids), time.time())
 
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:
         """Store ``blob`` under (topic, key), replacing any earlier one."""
@@ -308,7 +326,22 @@ class SqliteLabelLog(LabelLog):
                 )
         return records, next_due
 
-    def _fetch(self, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
+    def _remember(self, topic: str, rows: list[tuple], now: float) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
+            conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)", rows)
+
+    def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            sql = (f"SELECT sample_id, blob FROM recent WHERE topic = ? AND expires > ? "
+                   f"AND sample_id IN ({', '.join('?' * len(chunk))})")
+            found.update((sid, bytes(blob)) for sid, blob in self._conn.execute(sql, (topic, now, *chunk)))
+        return found
+
+    def _fetch(self, topic: str, order: list[tuple[int, int]],
+               skip_missing: bool = False) -> list[LabelRecord]:
         """Load records for (offset, deliveries) pairs, returned in the order given."""
         rows: dict[int, tuple] = {}
         offsets = [off for off, _ in order]
@@ -317,7 +350,7 @@ class SqliteLabelLog(LabelLog):
             marks = ", ".join("?" * len(chunk))
             sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE topic = ? AND offset IN ({marks})"
             rows.update((r[0], r) for r in self._conn.execute(sql, (topic, *chunk)))
-        return [_to_record(rows[off], n) for off, n in order]
+        return [_to_record(rows[off], n) for off, n in order if not skip_missing or off in rows]
 
 
 def _resolve(future: asyncio.Future) -> None:

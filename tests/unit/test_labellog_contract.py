@@ -265,3 +265,20 @@ async def test_class_lists_round_trip(log):
     got = await log.read("t", "g", "c", max_records=10)
     assert [(r.positive, r.negative) for r in got] == [
         ((0, 2), (1,)), ((), (0, 2)), ((), (2,)), ((), ())]
+
+
+async def test_get_returns_records_by_offset_and_skips_missing(log):
+    await log.append("t", make_batch(5, samples=np.arange(10, dtype=np.float32).reshape(5, 2)))
+    got = await log.get("t", [3, 0, 99])
+    assert [r.offset for r in got] == [3, 0] and [r.sample_id for r in got] == ["s3", "s0"]
+    assert got[0].deliveries == 0 and got[0].sample_array().tolist() == [6.0, 7.0]
+    assert await log.get("t", []) == [] and await log.get("other", [0]) == []
+
+
+async def test_remember_and_recall_within_the_window(log):
+    await log.remember("t", {"a": b"first", "b": b"x"}, ttl_s=0.4)
+    await log.remember("u", {"a": b"other topic"}, ttl_s=10)
+    assert await log.recall("t", ["a", "c"]) == {"a": b"first"}
+    assert await log.recall("u", ["a"]) == {"a": b"other topic"}
+    await asyncio.sleep(0.5)
+    assert await log.recall("t", ["a", "b"]) == {}  # expired

@@ -54,7 +54,8 @@ def db(tmp_path: Path) -> Path:
 
 
 def test_public_names_are_exported():
-    assert set(labellog.__all__) == {"LabelBatch", "LabelLog", "LabelRecord", "SqliteLabelLog"}
+    assert set(labellog.__all__) == {"LabelBatch", "LabelLog", "LabelRecord", "SqliteLabelLog",
+                                     "RedisLabelLog"}
     assert all(hasattr(labellog, name) for name in labellog.__all__)
 
 
