@@ -42,7 +42,7 @@ def record_from_proto(p: pb.PseudoLabel) -> LabelRecord:
     return LabelRecord(
         offset=p.offset, sample_id=p.id, label=p.label, confidence=p.confidence,
         weight=p.weight, threshold=p.threshold, teacher_version=p.teacher_version,
-        policy=p.policy, created_at=0.0, deliveries=p.deliveries,
+        policy=p.policy, created_at=p.created_at, deliveries=p.deliveries,
         sample=p.sample.data if has_sample else None,
         shape=tuple(p.sample.shape) if has_sample else None,
         dtype=p.sample.dtype or None, metadata=dict(p.metadata),

@@ -131,7 +131,7 @@ def encode_records(topic: str, records: Sequence[LabelRecord], include_samples: 
             offset=r.offset, id=r.sample_id, label=r.label, confidence=r.confidence,
             weight=r.weight, threshold=r.threshold, teacher_version=r.teacher_version,
             policy=r.policy, deliveries=r.deliveries, metadata=dict(r.metadata),
-            positive=r.positive, negative=r.negative,
+            positive=r.positive, negative=r.negative, created_at=r.created_at,
         )
         if include_samples and r.sample is not None and r.shape is not None and r.dtype:
             label.sample.data = r.sample

@@ -6,6 +6,8 @@ or ``PSEUDOSTREAM_PORT=50051``. Environment variables override the file.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +118,10 @@ class ServiceConfig(BaseSettings):
     max_inflight_per_stream: int = Field(64, ge=1, description="requests in flight on one stream")
     checkpoint_every: int = Field(50, ge=1, description="policy checkpoint every N batches")
     shutdown_grace_s: float = Field(5.0, ge=0)
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                            description="this process's name among replicas sharing a label log")
+    policy_sync_s: float = Field(5.0, gt=0, description="with a shared (redis) label log: how "
+                                 "often replicas merge their policy statistics")
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
     topics: dict[str, TopicConfig] = Field(default_factory=dict)
     label_log: LabelLogConfig = Field(default_factory=LabelLogConfig)

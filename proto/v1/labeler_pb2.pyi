@@ -94,7 +94,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: _Optional[bool] = ...) -> None: ...
 
 class PseudoLabel(_message.Message):
-    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata", "positive", "negative")
+    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata", "positive", "negative", "created_at")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class PseudoLabel(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     offset: int
     id: str
     label: int
@@ -128,7 +129,8 @@ class PseudoLabel(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     positive: _containers.RepeatedScalarFieldContainer[int]
     negative: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., positive: _Optional[_Iterable[int]] = ..., negative: _Optional[_Iterable[int]] = ...) -> None: ...
+    created_at: float
+    def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., positive: _Optional[_Iterable[int]] = ..., negative: _Optional[_Iterable[int]] = ..., created_at: _Optional[float] = ...) -> None: ...
 
 class PseudoLabelBatch(_message.Message):
     __slots__ = ("topic", "labels")
