@@ -14,6 +14,10 @@ few samples to keep even one at share rho, which includes rho = 0), uses tau1. D
 USB: USB takes class 0 as the most frequent class, its rho loop is off by one (it stores i / |C_0|
 for the last i that passes), it indexes C_k[-1] (the lowest confidence, accepting everything)
 when floor(|C_k| rho) = 0, and starts at s = tau1 (threshold exp(-0.95) ~= 0.39) not at tau1.
+
+Replicas merge (``base.py``) each class's window: its base part plus everyone's new confidences
+for that class, interleaved, newest ``window`` kept; thresholds are recomputed. The state
+carries "merge" once the policy has merged; before that the base is empty and every entry is new.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import batch_probs, check_fraction
+from pseudostream.server.selection._common import batch_probs, check_fraction, merge_windows
 from pseudostream.server.selection._window import ClassWindows
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
 
@@ -43,6 +47,8 @@ class AdshPolicy(ThresholdPolicy):
             raise ConfigError(f"adsh policy: window must be >= 1, got {window!r}")
         self._windows = ClassWindows(num_classes, int(window))
         self._thr = np.full(num_classes, self.tau1)
+        self._fresh = np.zeros(num_classes, np.int64)  # per class, values pushed since the last merge
+        self._merged = False  # whether a merge gave this policy a base (then "merge" is in the state)
 
     def _recompute(self) -> None:
         sizes = self._windows.sizes
@@ -69,15 +75,37 @@ class AdshPolicy(ThresholdPolicy):
         probs = batch_probs(batch, self.num_classes, self.name)
         if probs.shape[0] == 0:
             return
-        self._windows.push(probs.max(axis=1), probs.argmax(axis=1))
+        label = probs.argmax(axis=1)
+        self._windows.push(probs.max(axis=1), label)
+        self._fresh += np.bincount(label, minlength=self.num_classes)
         self._recompute()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"windows": self._windows.state()}
+        state: dict[str, Any] = {"windows": self._windows.state()}
+        if self._merged:
+            state["merge"] = {"fresh": self._fresh.tolist()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         windows = state["windows"]
         if len(windows) != self.num_classes:
             raise ConfigError(f"adsh policy: state has {len(windows)} classes, expected {self.num_classes}")
         self._windows.load(windows)
+        self._merged = state.get("merge") is not None
+        self._fresh = np.asarray(_fresh(state), np.int64).reshape(self.num_classes)
         self._recompute()
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        fresh = [_fresh(s) for s in states]
+        capacity = self._windows.capacity
+        windows = [
+            merge_windows([s["windows"][k] for s in states], [int(f[k]) for f in fresh], capacity)[0]
+            for k in range(self.num_classes)
+        ]
+        return {"windows": windows, "merge": {"fresh": [0] * self.num_classes}}
+
+
+def _fresh(state: dict[str, Any]) -> list[int]:
+    """Per class, how many of the newest window entries are new since the base (all before a merge)."""
+    merge = state.get("merge")
+    return [len(w) for w in state["windows"]] if merge is None else list(merge["fresh"])

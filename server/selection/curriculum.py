@@ -9,6 +9,10 @@ Online: the percentile is taken over a ring buffer of the last ``window`` confid
 stage advances by samples seen: k = ceil(seen / stage_samples), capped where mu * k reaches 100.
 The paper ranks the very set it labels, so the batch joins the window before masking
 (``update_first``). ``np.percentile``'s linear interpolation, as in the official code.
+
+Replicas merge (``base.py``): samples seen = base + everyone's samples since the last merge (so
+the stage advances with the topic's total traffic); the window is the base part plus everyone's
+new confidences, interleaved, newest ``window`` kept.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import batch_probs
+from pseudostream.server.selection._common import batch_probs, merge_windows
 from pseudostream.server.selection._window import RowWindow
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
 
@@ -49,6 +53,7 @@ class CurriculumPolicy(ThresholdPolicy):
         self.num_stages = math.ceil(100.0 / self.step_percent)
         self._window = RowWindow(int(window), 1)
         self.seen = 0
+        self._fresh = 0  # samples seen since the last merge
 
     @property
     def stage(self) -> int:
@@ -74,10 +79,19 @@ class CurriculumPolicy(ThresholdPolicy):
         probs = batch_probs(batch, self.num_classes, self.name)
         self._window.push(probs.max(axis=1)[:, None])
         self.seen += probs.shape[0]
+        self._fresh += probs.shape[0]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"window": self._window.values()[:, 0].tolist(), "seen": self.seen}
+        window = self._window.values()[:, 0].tolist()
+        return {"window": window, "seen": self.seen, "merge": {"fresh": self._fresh}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._window.load(state["window"])
         self.seen = int(state["seen"])
+        self._fresh = int((state.get("merge") or {}).get("fresh", 0))
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        fresh = [int((s.get("merge") or {}).get("fresh", 0)) for s in states]
+        base_seen = [int(s["seen"]) - f for s, f in zip(states, fresh)]
+        window, best = merge_windows([s["window"] for s in states], fresh, self._window.capacity, base_seen)
+        return {"window": window, "seen": base_seen[best] + sum(fresh)}

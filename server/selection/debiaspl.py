@@ -8,7 +8,7 @@ frank-xwang/debiased-pseudo-labeling ``main_DebiasPL.py`` (``causal_inference``,
 q_hat is the per-class marginal of the teacher's predictions, a [C] vector. USB's port averages
 to a scalar (``probs.mean()``), which is always 1/C and so removes nothing: not copied here.
 The official ``--masked-qhat`` variant is not offered (its masked branch skips the batch mean).
-Needs the teacher's logits.
+Needs the teacher's logits. Replicas merge q_hat as an EMA (``base.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput
-from pseudostream.server.selection._common import Momentum, check_fraction, softmax
+from pseudostream.server.selection._common import EmaTracks, Momentum, check_fraction, merge_ema, softmax
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
 
 __all__ = ["DebiasPLPolicy"]
@@ -45,6 +45,7 @@ class DebiasPLPolicy(ThresholdPolicy):
         self.tau_la = float(tau_la)
         self.momentum = Momentum(self.name, momentum, momentum_per_sample)
         self.q_hat = np.full(num_classes, 1.0 / num_classes)
+        self._ema = EmaTracks(q_hat=self.q_hat)
 
     def _logits(self, batch: PolicyBatch) -> np.ndarray:
         if batch.logits is None:
@@ -73,9 +74,14 @@ class DebiasPLPolicy(ThresholdPolicy):
             return
         m = self.momentum.for_batch(z.shape[0])
         self.q_hat = m * self.q_hat + (1.0 - m) * softmax(z).mean(axis=0)
+        self._ema.forget(m, "q_hat")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"q_hat": self.q_hat.tolist()}
+        return {"q_hat": self.q_hat.tolist(), "merge": self._ema.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.q_hat = np.asarray(state["q_hat"], np.float64).reshape(self.num_classes)
+        self._ema.load(state.get("merge"), q_hat=self.q_hat)
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"q_hat": merge_ema(states, "q_hat").tolist()}

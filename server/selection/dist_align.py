@@ -7,6 +7,10 @@ batch is aligned, as in USB. Only meaningful for softmax outputs (not multi-labe
 
 ``AlignedPolicy`` wraps any policy: the service config's ``dist_align: {...}`` for a topic builds
 a ``DistributionAlignment`` and wraps the topic's policy, so no policy needs its own option.
+
+Replicas merge p_model as an EMA (``base.py``). Before the first merge there is no common base (each
+replica initialized p_model with its own first batch): the replicas' p_models are then averaged
+with their "_samples" as weights. ``AlignedPolicy`` merges both parts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import Momentum
+from pseudostream.server.selection._common import EmaTracks, Momentum, merge_ema, weighted_mean
 from pseudostream.server.selection.base import Decisions, PolicyBatch, ThresholdPolicy
 
 __all__ = ["DistributionAlignment", "AlignedPolicy"]
@@ -50,6 +54,7 @@ class DistributionAlignment:
             t = t / t.sum()
         self.p_target = t
         self.p_model: np.ndarray | None = None
+        self._ema: EmaTracks | None = None  # None until a merge gives p_model a common base
 
     def update(self, probs: np.ndarray) -> None:
         """Fold a batch's mean prediction into p_model."""
@@ -62,6 +67,8 @@ class DistributionAlignment:
         else:
             m = self.momentum.for_batch(probs.shape[0])
             self.p_model = m * self.p_model + (1.0 - m) * mean
+            if self._ema is not None:
+                self._ema.forget(m, "p_model")
 
     def ratio(self) -> np.ndarray:
         """(p_target + eps) / (p_model + eps); ones before the first batch."""
@@ -83,12 +90,32 @@ class DistributionAlignment:
         return {
             "p_model": None if self.p_model is None else self.p_model.tolist(),
             "p_target": self.p_target.tolist(),
+            "merge": None if self._ema is None else self._ema.state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pm = state.get("p_model")
         self.p_model = None if pm is None else np.asarray(pm, np.float64).reshape(self.num_classes)
         self.p_target = np.asarray(state["p_target"], np.float64).reshape(self.num_classes)
+        # "merge": None means no base yet; no "merge" key (a merged state) makes p_model the base
+        track = state.get("merge", False)
+        if self.p_model is None or track is None:
+            self._ema = None
+        else:
+            self._ema = EmaTracks(p_model=self.p_model)
+            self._ema.load(track or None, p_model=self.p_model)
+
+    def merged_state(self, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The combined state of the replicas' ``states`` (each with "_samples"); see ``base.py``."""
+        live = [s for s in states if s.get("p_model") is not None]
+        based = [s for s in live if s.get("merge") is not None]
+        if based:
+            p_model = merge_ema(based, "p_model").tolist()
+        elif live:
+            p_model = weighted_mean([s["p_model"] for s in live], [s["_samples"] for s in live]).tolist()
+        else:
+            p_model = None
+        return {"p_model": p_model, "p_target": states[0]["p_target"]}
 
 
 class AlignedPolicy(ThresholdPolicy):
@@ -116,8 +143,9 @@ class AlignedPolicy(ThresholdPolicy):
         return dataclasses.replace(batch, probs=self.align.align(batch.probs), logits=logits, views=views)
 
     def select(self, batch: PolicyBatch) -> Decisions:
+        self._record(batch)
         self.align.update(batch.probs)
-        return self.inner.select(self._aligned(batch))
+        return self.inner._step(self._aligned(batch))
 
     def decide(self, batch: PolicyBatch) -> Decisions:
         return self.inner.decide(self._aligned(batch))
@@ -135,3 +163,10 @@ class AlignedPolicy(ThresholdPolicy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.align.load_state_dict(state["align"])
         self.inner.load_state_dict(state["inner"])
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        def part(key: str) -> list[dict[str, Any]]:
+            return [{**s[key], "_samples": s["_samples"]} for s in states]
+
+        return {"align": self.align.merged_state(part("align")),
+                "inner": self.inner._merged_state(part("inner"))}

@@ -18,6 +18,14 @@ Online adaptations:
   N, so ``expected_samples`` stands for it (default ``max_memory``): #unused =
   max(0, expected_samples - ids in memory). Warm-up therefore ends once the memory holds
   ``expected_samples`` ids; a larger value keeps thresholds low for longer.
+
+Replicas merge memories (``base.py``): the ids each replica selected since the last merge are the
+newest entries of its memory; the merged memory is the base with everyone's new entries applied in
+interleaved order (a later selection of an id wins), newest ``max_memory`` kept; sigma is
+recounted. With disjoint ids and no eviction this is exactly one policy's memory over all samples.
+The state carries "merge" once the policy has merged; before that (a single replica, an older
+checkpoint) the base is the empty memory and every entry is new (merging keyed by id, repeats
+collapse).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any, Hashable
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import batch_probs, check_fraction
+from pseudostream.server.selection._common import batch_probs, check_fraction, merge_windows
 from pseudostream.server.selection.base import POLICIES, PerClassThresholdPolicy, PolicyBatch
 
 __all__ = ["FlexMatchPolicy"]
@@ -64,6 +72,8 @@ class FlexMatchPolicy(PerClassThresholdPolicy):
         self.max_memory, self.expected_samples = int(max_memory), n
         self._memory: OrderedDict[Hashable, int] = OrderedDict()
         self._sigma = np.zeros(num_classes, np.int64)
+        self._fresh: set[Hashable] = set()  # ids selected since the last merge: the memory's newest
+        self._merged = False  # whether a merge gave this policy a base (then "merge" is in the state)
 
     def _beta(self) -> np.ndarray:
         top = int(self._sigma.max())
@@ -88,12 +98,17 @@ class FlexMatchPolicy(PerClassThresholdPolicy):
                 self._sigma[old] -= 1
             self._memory[sid] = lab
             self._sigma[lab] += 1
+            self._fresh.add(sid)
             if len(self._memory) > self.max_memory:
-                _, evicted = self._memory.popitem(last=False)
+                gone, evicted = self._memory.popitem(last=False)
                 self._sigma[evicted] -= 1
+                self._fresh.discard(gone)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"memory": [[sid, lab] for sid, lab in self._memory.items()]}
+        state: dict[str, Any] = {"memory": [[sid, lab] for sid, lab in self._memory.items()]}
+        if self._merged:
+            state["merge"] = {"fresh": len(self._fresh)}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._memory = OrderedDict((sid, int(lab)) for sid, lab in state["memory"])
@@ -102,3 +117,24 @@ class FlexMatchPolicy(PerClassThresholdPolicy):
         self._sigma = np.bincount(
             np.fromiter(self._memory.values(), np.int64, len(self._memory)), minlength=self.num_classes
         ).astype(np.int64)
+        self._merged = state.get("merge") is not None
+        fresh = min(_fresh(state), len(self._memory))
+        self._fresh = set(list(self._memory)[len(self._memory) - fresh :])
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        def lru(base: list, new: list) -> list:
+            memory = OrderedDict(base)
+            for sid, lab in new:
+                memory.pop(sid, None)
+                memory[sid] = lab
+            return list(memory.items())
+
+        memories = [[(sid, int(lab)) for sid, lab in s["memory"]] for s in states]
+        memory, _ = merge_windows(memories, [_fresh(s) for s in states], self.max_memory, combine=lru)
+        return {"memory": [[sid, lab] for sid, lab in memory], "merge": {"fresh": 0}}
+
+
+def _fresh(state: dict[str, Any]) -> int:
+    """How many of the state's newest memory entries are new since its base (all before a merge)."""
+    merge = state.get("merge")
+    return len(state["memory"]) if merge is None else int(merge["fresh"])

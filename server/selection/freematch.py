@@ -11,6 +11,8 @@ Initial values follow the paper (and METHODS.md): tau_g = 1/C, p_tilde = 1/C. US
 p_model at ones and time_p at 1.0 (its ``/ num_classes`` is commented out); the local ratio is
 unaffected, but USB's global threshold starts at 1 and falls, where the paper's starts at 1/C
 and rises. ``clip`` caps tau_g (USB's ``clip_thresh`` uses 0.95).
+
+Replicas merge tau_g and p_tilde as EMAs (``base.py``), then re-apply ``clip``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pseudostream.server.selection._common import Momentum, batch_probs, check_fraction
+from pseudostream.server.selection._common import EmaTracks, Momentum, batch_probs, check_fraction, merge_ema
 from pseudostream.server.selection.base import POLICIES, PerClassThresholdPolicy, PolicyBatch
 
 __all__ = ["FreeMatchPolicy"]
@@ -46,6 +48,7 @@ class FreeMatchPolicy(PerClassThresholdPolicy):
         self.clip = None if clip is None else check_fraction(self.name, "clip", clip)
         self.tau_g = 1.0 / num_classes
         self.p_tilde = np.full(num_classes, 1.0 / num_classes)
+        self._ema = EmaTracks(tau_g=self.tau_g, p_tilde=self.p_tilde)
 
     def _thresholds(self) -> np.ndarray:
         return self.tau_g * self.p_tilde / self.p_tilde.max()
@@ -61,10 +64,18 @@ class FreeMatchPolicy(PerClassThresholdPolicy):
         if self.clip is not None:
             self.tau_g = min(self.tau_g, self.clip)
         self.p_tilde = m * self.p_tilde + (1.0 - m) * probs.mean(axis=0)
+        self._ema.forget(m, "tau_g", "p_tilde")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tau_g": self.tau_g, "p_tilde": self.p_tilde.tolist()}
+        return {"tau_g": self.tau_g, "p_tilde": self.p_tilde.tolist(), "merge": self._ema.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tau_g = float(state["tau_g"])
         self.p_tilde = np.asarray(state["p_tilde"], np.float64).reshape(self.num_classes)
+        self._ema.load(state.get("merge"), tau_g=self.tau_g, p_tilde=self.p_tilde)
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        tau_g = float(merge_ema(states, "tau_g"))
+        if self.clip is not None:
+            tau_g = min(tau_g, self.clip)
+        return {"tau_g": tau_g, "p_tilde": merge_ema(states, "p_tilde").tolist()}

@@ -20,6 +20,8 @@ Labels"). A class that passes both tests is positive, never negative.
 Decisions: ``positive``/``negative`` [B, C]; accept = any class decided; label = -1;
 confidence = mean of max(p_c, 1 - p_c) over the decided classes (over all classes when none is);
 threshold = mean_c tau+_c; reason "all_unknown" when nothing is decided. ``thresholds()`` = tau+.
+
+Replicas merge tau+ as an EMA and the quota window by its new rows (``base.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import Momentum, batch_probs, check_fraction
+from pseudostream.server.selection._common import (
+    EmaTracks,
+    Momentum,
+    batch_probs,
+    check_fraction,
+    merge_ema,
+    merge_windows,
+)
 from pseudostream.server.selection._window import RowWindow
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
 
@@ -63,6 +72,8 @@ class MultiLabelPolicy(ThresholdPolicy):
             raise ConfigError(f"multilabel policy: window must be >= 1, got {window!r}")
         self.tau_pos = np.full(num_classes, check_fraction(self.name, "pos_init", pos_init))
         self._window = RowWindow(int(window), num_classes) if self.neg_quota is not None else None
+        self._ema = EmaTracks(tau_pos=self.tau_pos)
+        self._fresh = 0  # rows pushed into the window since the last merge
 
     def _tau_neg(self) -> np.ndarray:
         if self._window is None or len(self._window) == 0:
@@ -96,16 +107,28 @@ class MultiLabelPolicy(ThresholdPolicy):
         mean_pos = (p * predicted).sum(axis=0) / np.maximum(n, 1)
         m = self.momentum.for_counts(n, min_count=1)
         self.tau_pos = m * self.tau_pos + (1.0 - m) * mean_pos
+        self._ema.forget(m, "tau_pos")
         if self._window is not None:
             self._window.push(p)
+            self._fresh += p.shape[0]
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "tau_pos": self.tau_pos.tolist(),
             "window": None if self._window is None else self._window.state(),
+            "merge": {**self._ema.state(), "fresh": self._fresh},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tau_pos = np.asarray(state["tau_pos"], np.float64).reshape(self.num_classes)
+        self._ema.load(state.get("merge"), tau_pos=self.tau_pos)
+        self._fresh = int((state.get("merge") or {}).get("fresh", 0))
         if self._window is not None and state.get("window") is not None:
             self._window.load(state["window"])
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        window = None
+        if self._window is not None:
+            fresh = [int((s.get("merge") or {}).get("fresh", 0)) for s in states]
+            window, _ = merge_windows([s["window"] for s in states], fresh, self._window.capacity)
+        return {"tau_pos": merge_ema(states, "tau_pos").tolist(), "window": window}

@@ -18,6 +18,8 @@ Deviations: the unbiased variance needs two samples, so a batch of one leaves va
 ``per_class`` (mu, var per predicted class), USB folds mu = 0, var = 1 into every class with fewer
 than two samples in the batch, dragging idle classes' mu toward 0; here such classes are left
 unchanged.
+
+Replicas merge mu, var and the alignment's p_model as EMAs (``base.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pseudostream.server.errors import ConfigError
-from pseudostream.server.selection._common import Momentum, batch_probs
+from pseudostream.server.selection._common import EmaTracks, Momentum, batch_probs, merge_ema
 from pseudostream.server.selection.base import POLICIES, Decisions, PolicyBatch, ThresholdPolicy
 from pseudostream.server.selection.dist_align import DistributionAlignment
 
@@ -66,6 +68,7 @@ class SoftMatchPolicy(ThresholdPolicy):
         shape = (num_classes,) if per_class else ()
         self.mu = np.full(shape, 1.0 / num_classes)
         self.var = np.ones(shape)
+        self._ema = EmaTracks(mu=self.mu, var=self.var)
 
     def _aligned(self, probs: np.ndarray) -> np.ndarray:
         return probs if self.align is None else self.align.align(probs)
@@ -94,8 +97,10 @@ class SoftMatchPolicy(ThresholdPolicy):
         if not self.per_class:
             m = self.momentum.for_batch(conf.size)
             self.mu = m * self.mu + (1.0 - m) * conf.mean()
+            self._ema.forget(m, "mu")
             if conf.size > 1:
                 self.var = m * self.var + (1.0 - m) * conf.var(ddof=1)
+                self._ema.forget(m, "var")
             return
         label = q.argmax(axis=1)
         n = np.bincount(label, minlength=self.num_classes)
@@ -105,16 +110,26 @@ class SoftMatchPolicy(ThresholdPolicy):
         m = self.momentum.for_counts(n, min_count=2)
         self.mu = m * self.mu + (1.0 - m) * mean
         self.var = m * self.var + (1.0 - m) * sq_dev / np.maximum(n - 1, 1)
+        self._ema.forget(m, "mu", "var")
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "mu": self.mu.tolist(),
             "var": self.var.tolist(),
             "align": None if self.align is None else self.align.state_dict(),
+            "merge": self._ema.state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mu = np.asarray(state["mu"], np.float64).reshape(self.mu.shape)
         self.var = np.asarray(state["var"], np.float64).reshape(self.var.shape)
+        self._ema.load(state.get("merge"), mu=self.mu, var=self.var)
         if self.align is not None and state.get("align") is not None:
             self.align.load_state_dict(state["align"])
+
+    def _merged_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        align = None
+        if self.align is not None:
+            align = self.align.merged_state([{**s["align"], "_samples": s["_samples"]} for s in states])
+        mu, var = merge_ema(states, "mu").tolist(), merge_ema(states, "var").tolist()
+        return {"mu": mu, "var": var, "align": align}
