@@ -21,6 +21,7 @@ from pseudostream.server.labellog.base import LabelLog
 from pseudostream.server.labellog.factory import make_label_log
 from pseudostream.server.metrics import ServiceMetrics
 from pseudostream.server.pipeline import LabelOutcome, TeacherPipeline
+from pseudostream.server.policy_sync import PolicySync
 from pseudostream.server.topic import TopicRuntime
 
 __all__ = ["LabelingCore", "TopicSnapshot"]
@@ -60,6 +61,8 @@ class LabelingCore:
         self.backends: dict[str, TeacherBackend] = {}
         self.batchers: dict[str, MicroBatcher] = {}
         self.topics: dict[str, TopicRuntime] = {}
+        self.sync: PolicySync | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -85,11 +88,19 @@ class LabelingCore:
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples)
             self.batchers[name] = batcher
+        if self.config.label_log.kind == "redis":  # a shared log: replicas merge policies
+            self.sync = PolicySync(self.topics, self.log, self.config.replica_id,
+                                   self.config.policy_sync_s)
+            self._sync_task = asyncio.create_task(self.sync.run(), name="policy-sync")
         self.ready = True
 
     async def stop(self) -> None:
         """Drain queued batches, checkpoint every topic, close teachers and the log."""
         self.ready = False
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+            self._sync_task = None
         for batcher in self.batchers.values():
             await batcher.stop()
         for topic in self.topics.values():

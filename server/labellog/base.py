@@ -139,6 +139,14 @@ class LabelLog(ABC):
         """The blob saved under (topic, key), or None."""
 
     @abstractmethod
+    async def list_state(self, topic: str, prefix: str) -> dict[str, bytes]:
+        """Every blob of ``topic`` whose key starts with ``prefix``."""
+
+    @abstractmethod
+    async def delete_state(self, topic: str, keys: Sequence[str]) -> None:
+        """Remove these keys of ``topic`` (missing ones are ignored)."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Release connections and files; pending work is flushed first."""
 

@@ -292,6 +292,21 @@ class RedisLabelLog(LabelLog):
         """The blob stored under (topic, key), or None."""
         return await self._call("load_state", self._redis.hget, self._keys(topic)[2], key)
 
+    async def list_state(self, topic: str, prefix: str) -> dict[str, bytes]:
+        """Blobs of ``topic`` whose key starts with ``prefix`` (HSCAN of the state hash)."""
+
+        async def scan() -> dict[str, bytes]:
+            pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+            return {k.decode(): v async for k, v in
+                    self._redis.hscan_iter(self._keys(topic)[2], match=pattern)}
+
+        return await self._call("list_state", scan)
+
+    async def delete_state(self, topic: str, keys: Sequence[str]) -> None:
+        """Remove these keys of ``topic``."""
+        if keys:
+            await self._call("delete_state", self._redis.hdel, self._keys(topic)[2], *keys)
+
     async def close(self) -> None:
         """Close the connection pool; later calls raise RuntimeError."""
         if self._closed:

@@ -197,6 +197,18 @@ class SqliteLabelLog(LabelLog):
         blob = await self._call("load_state", self._scalar, sql, (topic, key))
         return None if blob is None else bytes(blob)
 
+    async def list_state(self, topic: str, prefix: str) -> dict[str, bytes]:
+        """Blobs of ``topic`` whose key starts with ``prefix``."""
+        sql = "SELECT key, blob FROM state WHERE topic = ? AND substr(key, 1, ?) = ?"
+        rows = await self._call("list_state", self._rows, sql, (topic, len(prefix), prefix))
+        return {key: bytes(blob) for key, blob in rows}
+
+    async def delete_state(self, topic: str, keys: Sequence[str]) -> None:
+        """Remove these keys of ``topic``."""
+        for key in keys:
+            await self._call("delete_state", self._write, "DELETE FROM state WHERE topic = ? AND key = ?",
+                             (topic, key))
+
     async def close(self) -> None:
         """Run the work already queued, close the connection, stop the worker thread."""
         if self._closed:
@@ -255,6 +267,9 @@ class SqliteLabelLog(LabelLog):
             if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                 self._conn.execute("ROLLBACK")
             raise
+
+    def _rows(self, sql: str, params: Any) -> list[tuple]:
+        return self._conn.execute(sql, params).fetchall()
 
     def _scalar(self, sql: str, params: Any) -> Any:
         return self._conn.execute(sql, params).fetchone()[0]

@@ -100,3 +100,31 @@ async def test_two_replicas_share_one_label_log(tmp_path, teacher_dir, redis_url
     assert sorted(accepted.values()) == list(range(len(accepted)))  # one offset sequence
     assert seen[0] and seen[1]  # both trainers did work
     assert state.group_lag["students"] == 0
+
+
+async def test_replicas_merge_policy_statistics_into_one_policy(make_config, redis_url, digits):
+    from pseudostream.models.shift import apply_shift
+    from pseudostream.server.app import LabelingServer
+
+    prefix = f"sync-{uuid.uuid4().hex}"
+    topic = {"digits": {"policy": {"name": "freematch", "params": {"momentum_per_sample": 0.99}}}}
+
+    def config(name: str):
+        return make_config(replica_id=name, policy_sync_s=0.4, topics=topic,
+                           label_log={"kind": "redis", "url": redis_url, "prefix": prefix})
+
+    x = apply_shift(digits.stream_x[:64], seed=3)
+    async with LabelingServer(config("a")) as a, LabelingServer(config("b")) as b:
+        fresh = b.core.topics["digits"].policy.state_dict()
+        async with AsyncLabelerClient(a.address) as client:  # only replica a sees samples
+            await client.label("digits", x, ids=[f"s{i}" for i in range(64)])
+        rounds = a.core.sync.rounds
+        for _ in range(100):
+            if a.core.sync.rounds >= rounds + 2 and b.core.sync.rounds >= rounds + 2:
+                break
+            await asyncio.sleep(0.1)
+        state_a = a.core.topics["digits"].policy.state_dict()
+        state_b = b.core.topics["digits"].policy.state_dict()
+    assert state_b["tau_g"] != fresh["tau_g"]  # b learned from a's samples
+    assert state_a["tau_g"] == pytest.approx(state_b["tau_g"])
+    assert state_a["p_tilde"] == pytest.approx(state_b["p_tilde"])

@@ -282,3 +282,16 @@ async def test_remember_and_recall_within_the_window(log):
     assert await log.recall("u", ["a"]) == {"a": b"other topic"}
     await asyncio.sleep(0.5)
     assert await log.recall("t", ["a", "b"]) == {}  # expired
+
+
+async def test_list_and_delete_state_by_prefix(log):
+    await log.save_state("t", "sync/1/a", b"1a")
+    await log.save_state("t", "sync/1/b", b"1b")
+    await log.save_state("t", "sync/2/a", b"2a")
+    await log.save_state("t", "policy", b"p")
+    await log.save_state("u", "sync/1/a", b"other topic")
+    assert await log.list_state("t", "sync/1/") == {"sync/1/a": b"1a", "sync/1/b": b"1b"}
+    assert await log.list_state("t", "sync/*") == {}  # the prefix is literal
+    await log.delete_state("t", ["sync/1/a", "missing"])
+    assert set(await log.list_state("t", "sync/")) == {"sync/1/b", "sync/2/a"}
+    assert await log.load_state("t", "policy") == b"p"
