@@ -28,6 +28,19 @@ def teacher_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a loopback TCP port nobody listens on right now."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="session")
 def digits() -> Any:
     """The demo's data splits."""
     from pseudostream.models.digits import load_digits_splits

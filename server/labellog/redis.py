@@ -25,7 +25,8 @@ from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamEr
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 # The row codec is shared with the SQLite log, so both validate and encode batches alike.
-from pseudostream.server.labellog.sqlite import _batch_rows, _to_record
+from pseudostream.server.labellog._rows import batch_rows as _batch_rows
+from pseudostream.server.labellog._rows import to_record as _to_record
 
 __all__ = ["RedisLabelLog"]
 

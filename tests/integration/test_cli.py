@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,14 +17,8 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "pseudostream.clients.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_serve_label_subscribe_round_trip(tmp_path, teacher_dir, digits):
-    port = _free_port()
+def test_serve_label_subscribe_round_trip(tmp_path, teacher_dir, digits, free_port):
+    port = free_port()
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump({
         "port": port, "metrics_port": None,

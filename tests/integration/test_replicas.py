@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,14 +21,8 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "pseudostream.clients.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(tmp_path, teacher_dir, redis_url: str, prefix: str, name: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def _start(tmp_path, teacher_dir, redis_url: str, prefix: str, name: str,
+           port: int) -> tuple[subprocess.Popen, str]:
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "port": port, "metrics_port": None, "replica_id": name,
@@ -69,9 +62,10 @@ async def _train(target: str, consumer: str, stop: asyncio.Event, seen: list) ->
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_two_replicas_share_one_label_log(tmp_path, teacher_dir, redis_url, digits):
+async def test_two_replicas_share_one_label_log(tmp_path, teacher_dir, redis_url, digits, free_port):
     prefix = f"replicas-{uuid.uuid4().hex}"
-    procs = [_start(tmp_path, teacher_dir, redis_url, prefix, f"replica-{k}") for k in range(2)]
+    procs = [_start(tmp_path, teacher_dir, redis_url, prefix, f"replica-{k}", free_port())
+             for k in range(2)]
     targets = [t for _, t in procs]
     try:
         stop = asyncio.Event()
