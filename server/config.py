@@ -99,7 +99,9 @@ class LabelLogConfig(_Strict):
     synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="sqlite durability")
     url: str = Field("redis://127.0.0.1:6379/0", description="redis: server URL")
     prefix: str = Field("pseudostream", description="redis: key prefix")
-    max_len: int | None = Field(None, ge=1, description="redis: keep about this many records per topic")
+    max_len: int | None = Field(None, ge=1, description="retention: records kept per topic "
+                                "(redis trims in whole stream nodes, so about this many)")
+    max_age_s: float | None = Field(None, gt=0, description="retention: drop records older than this")
     visibility_timeout_s: float = Field(30.0, gt=0)
 
 

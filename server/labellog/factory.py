@@ -15,10 +15,12 @@ def make_label_log(config: LabelLogConfig) -> LabelLog:
 
         config.path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteLabelLog(config.path, visibility_timeout_s=config.visibility_timeout_s,
-                              synchronous=config.synchronous)
+                              synchronous=config.synchronous, max_len=config.max_len,
+                              max_age_s=config.max_age_s)
     if config.kind == "redis":
         from pseudostream.server.labellog.redis import RedisLabelLog
 
         return RedisLabelLog(config.url, prefix=config.prefix, max_len=config.max_len,
+                             max_age_s=config.max_age_s,
                              visibility_timeout_s=config.visibility_timeout_s)
     raise ValueError(f"unknown label log kind {config.kind!r}")  # unreachable: config validates

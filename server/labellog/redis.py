@@ -161,8 +161,12 @@ class RedisLabelLog(LabelLog):
         prefix: str = "pseudostream",
         visibility_timeout_s: float = 30.0,
         max_len: int | None = None,
+        max_age_s: float | None = None,
         poll_interval_s: float = 0.05,
     ) -> None:
+        if max_age_s is not None and max_age_s <= 0:
+            raise ConfigError(f"max_age_s must be > 0 (or None for no limit), got {max_age_s}")
+        self.max_age_s = max_age_s
         if not visibility_timeout_s > 0 or not poll_interval_s > 0:
             raise ConfigError("visibility_timeout_s and poll_interval_s must be > 0 seconds")
         if max_len is not None and max_len < 1:
@@ -195,7 +199,27 @@ class RedisLabelLog(LabelLog):
         if len(batch) == 0:
             return np.empty(0, dtype=np.int64)
         first = await self._call("append", self._append, keys=self._keys(topic), args=args)
+        if self.max_age_s is not None:
+            await self._call("append", self._trim_age, self._keys(topic)[0])
         return np.arange(first, first + len(batch), dtype=np.int64)
+
+    async def _trim_age(self, log_key: str) -> None:
+        """Age retention: XTRIM MINID at the first entry younger than ``max_age_s`` (ids are
+        offsets, not times, so the cut is found by walking the stream's oldest entries)."""
+        cutoff, start = time.time() - float(self.max_age_s or 0), "-"
+        while True:
+            entries = await self._redis.xrange(log_key, start, "+", count=64)
+            if not entries:
+                break
+            young = [i for i, fields in entries if float(fields[b"at"]) >= cutoff]
+            if young:
+                await self._redis.xtrim(log_key, minid=young[0].decode(), approximate=False)
+                return
+            start = f"({entries[-1][0].decode()}"
+        last = await self._redis.xrevrange(log_key, "+", "-", count=1)
+        if last:  # everything is old: keep nothing
+            await self._redis.xtrim(log_key, minid=f"{_offset(last[0][0]) + 2}-0",
+                                    approximate=False)
 
     async def read(
         self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0

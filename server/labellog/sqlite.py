@@ -75,6 +75,9 @@ class SqliteLabelLog(LabelLog):
     delivery still pending when the file is opened belonged to a stream of a previous process
     and is handed out again immediately, preferably to the same consumer name.
 
+    Retention (``max_len`` records per topic, ``max_age_s`` seconds) is applied at each append:
+    older records go, with their pending deliveries, and offsets keep counting.
+
     Waiting reads wake on an append or release in this process, at the next pending deadline,
     and otherwise poll every ``poll_interval_s`` (which also notices other writers). All SQLite
     work runs on one dedicated worker thread that owns the only connection; opening blocks the
@@ -87,6 +90,8 @@ class SqliteLabelLog(LabelLog):
         visibility_timeout_s: float = 30.0,
         synchronous: str = "NORMAL",
         poll_interval_s: float = 0.05,
+        max_len: int | None = None,
+        max_age_s: float | None = None,
     ) -> None:
         if not visibility_timeout_s > 0 or not poll_interval_s > 0:
             raise ConfigError("visibility_timeout_s and poll_interval_s must be > 0 seconds")
@@ -95,6 +100,9 @@ class SqliteLabelLog(LabelLog):
         self.path = str(path)
         self.visibility_timeout_s = float(visibility_timeout_s)
         self.poll_interval_s = float(poll_interval_s)
+        if (max_len is not None and max_len < 1) or (max_age_s is not None and max_age_s <= 0):
+            raise ConfigError("max_len must be >= 1 and max_age_s > 0 (or None: keep everything)")
+        self.max_len, self.max_age_s = max_len, max_age_s
         self._closed = False
         self._waiters: dict[str, set[asyncio.Future]] = {}  # readers waiting for an append
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-labellog")
@@ -293,7 +301,22 @@ class SqliteLabelLog(LabelLog):
                 "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
                 (topic, first + len(rows)),
             )
+            if self.max_len is not None or self.max_age_s is not None:
+                self._trim(conn, topic, first + len(rows))
         return first
+
+    def _trim(self, conn: sqlite3.Connection, topic: str, end: int) -> None:
+        """Retention: drop old records and their pending deliveries; move cursors past them."""
+        low = 0 if self.max_len is None else end - self.max_len
+        if self.max_age_s is not None:
+            young = self._scalar("SELECT MIN(offset) FROM records WHERE topic = ? AND created_at >= ?",
+                                 (topic, time.time() - self.max_age_s))
+            low = max(low, end if young is None else young)
+        if low <= 0:
+            return
+        conn.execute("DELETE FROM records WHERE topic = ? AND offset < ?", (topic, low))
+        conn.execute("DELETE FROM pending WHERE topic = ? AND offset < ?", (topic, low))
+        conn.execute("UPDATE groups SET cursor = ? WHERE topic = ? AND cursor < ?", (low, topic, low))
 
     def _ack_tx(self, args: list[tuple[str, str, int]]) -> int:
         with self._transaction() as conn:
@@ -307,7 +330,10 @@ class SqliteLabelLog(LabelLog):
         now = time.time()
         deadline = now + self.visibility_timeout_s
         with self._transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO groups VALUES (?, ?, 0)", (topic, group))
+            conn.execute(  # a new group starts at the oldest record retention kept
+                "INSERT OR IGNORE INTO groups VALUES (?, ?, COALESCE((SELECT MIN(offset) FROM "
+                "records WHERE topic = ?), (SELECT next_offset FROM topics WHERE topic = ?), 0))",
+                (topic, group, topic, topic))
             claimed = conn.execute(
                 "SELECT offset, deliveries + 1 FROM pending "
                 "WHERE topic = ? AND grp = ? AND deadline <= ? "

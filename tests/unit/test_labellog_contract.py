@@ -20,20 +20,20 @@ VISIBILITY = 0.3
 PAST_VISIBILITY = VISIBILITY + 0.1
 
 
-async def _sqlite(request: pytest.FixtureRequest) -> LabelLog:
-    db = request.getfixturevalue("tmp_path") / "labels.db"
-    return SqliteLabelLog(db, visibility_timeout_s=VISIBILITY)
+async def _sqlite(request: pytest.FixtureRequest, **options) -> LabelLog:
+    db = request.getfixturevalue("tmp_path") / f"labels-{uuid.uuid4().hex}.db"
+    return SqliteLabelLog(db, visibility_timeout_s=VISIBILITY, **options)
 
 
-async def _redis(request: pytest.FixtureRequest) -> LabelLog:
+async def _redis(request: pytest.FixtureRequest, **options) -> LabelLog:
     url = request.getfixturevalue("redis_url")  # skips without redis-server
     from pseudostream.server.labellog.redis import RedisLabelLog
 
     prefix = f"contract-{uuid.uuid4().hex}"  # a fresh namespace per test
-    return RedisLabelLog(url, prefix=prefix, visibility_timeout_s=VISIBILITY)
+    return RedisLabelLog(url, prefix=prefix, visibility_timeout_s=VISIBILITY, **options)
 
 
-FACTORIES: dict[str, Callable[[pytest.FixtureRequest], Awaitable[LabelLog]]] = {
+FACTORIES: dict[str, Callable[..., Awaitable[LabelLog]]] = {
     "redis": _redis, "sqlite": _sqlite}
 
 
@@ -42,6 +42,20 @@ async def log(request: pytest.FixtureRequest):
     instance = await FACTORIES[request.param](request)
     yield instance
     await instance.close()
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def make_log(request: pytest.FixtureRequest):
+    """``await make_log(**options)``: a log of each kind built with extra options."""
+    made: list[LabelLog] = []
+
+    async def make(**options) -> LabelLog:
+        made.append(await FACTORIES[request.param](request, **options))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        await instance.close()
 
 
 def make_batch(n: int, prefix: str = "s", **extra) -> LabelBatch:
@@ -295,3 +309,18 @@ async def test_list_and_delete_state_by_prefix(log):
     await log.delete_state("t", ["sync/1/a", "missing"])
     assert set(await log.list_state("t", "sync/")) == {"sync/1/b", "sync/2/a"}
     assert await log.load_state("t", "policy") == b"p"
+
+
+async def test_age_retention_drops_old_records_and_offsets_keep_counting(make_log):
+    log = await make_log(max_age_s=0.3)
+    await log.append("t", make_batch(5, prefix="old"))
+    first = await log.read("t", "early", "c", max_records=2)  # 2 pending, then they expire
+    await asyncio.sleep(0.4)
+    offsets = await log.append("t", make_batch(5, prefix="new"))
+    assert offsets.tolist() == [5, 6, 7, 8, 9] and await log.end_offset("t") == 10
+    assert [r.offset for r in await log.get("t", [0, 4, 5])] == [5]
+    fresh = await log.read("t", "late", "c", max_records=20)
+    assert [r.sample_id for r in fresh] == [f"new{k}" for k in range(5)]
+    again = await log.read("t", "early", "c", max_records=20, wait_s=0.5)
+    assert {r.sample_id for r in again} <= {f"new{k}" for k in range(5)}  # the old ones are gone
+    assert len(first) == 2
