@@ -19,6 +19,7 @@ from pseudostream.server.errors import ConfigError
 
 __all__ = [
     "TeacherConfig",
+    "TritonSettings",
     "PolicyConfig",
     "TopicConfig",
     "DistAlignConfig",
@@ -33,16 +34,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TritonSettings(_Strict):
+    """Where a Triton-served teacher lives and how the service talks to it."""
+
+    url: str = Field("127.0.0.1:8001", description="Triton's gRPC host:port")
+    model: str = Field(description="model name in Triton's repository")
+    repository: Path | None = Field(None, description="the repository folder (to publish versions)")
+    platform: Literal["python", "onnxruntime_onnx", "tensorrt_plan"] = "onnxruntime_onnx"
+    timeout_s: float = Field(10.0, gt=0, description="per-request timeout")
+    priority: int = Field(0, ge=0, description="Triton request priority (0: the model's default)")
+    retries: int = Field(3, ge=0, description="retries of UNAVAILABLE / queue-full answers")
+    backoff_s: float = Field(0.05, gt=0, description="first retry delay, doubled each retry")
+    breaker_failures: int = Field(5, ge=1, description="failures in a row that open the breaker")
+    breaker_reset_s: float = Field(5.0, gt=0, description="how long the open breaker refuses")
+    shared_memory: bool = Field(False, description="pass tensors through system shared memory")
+    startup_timeout_s: float = Field(60.0, gt=0)
+
+
 class TeacherConfig(_Strict):
     """One teacher model and how it is batched."""
 
-    backend: Literal["onnxruntime"] = "onnxruntime"
-    model_dir: Path = Field(description="folder holding model.onnx and teacher.json")
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    model_dir: Path | None = Field(None, description="onnxruntime: folder with model.onnx and teacher.json")
+    triton: TritonSettings | None = Field(None, description="triton: server and model")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: ORT's default)")
     providers: list[str] | None = Field(None, description="ORT execution providers, best first")
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
+
+    @model_validator(mode="after")
+    def _backend_has_its_settings(self) -> "TeacherConfig":
+        if self.backend == "onnxruntime" and self.model_dir is None:
+            raise ValueError("backend onnxruntime needs model_dir (model.onnx + teacher.json)")
+        if self.backend == "triton" and self.triton is None:
+            raise ValueError("backend triton needs a triton section: {url, model}")
+        return self
 
 
 class PolicyConfig(_Strict):

@@ -30,9 +30,14 @@ __all__ = [
 
 
 class PseudostreamError(Exception):
-    """Base of every error the service raises on purpose."""
+    """Base of every error the service raises on purpose. ``retry_after_s``, when set, is sent
+    to the client as a ``retry-after-ms`` trailer."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidInput(PseudostreamError):
@@ -58,9 +63,8 @@ class Overloaded(PseudostreamError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after_s: float = 0.1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    def __init__(self, message: str, retry_after_s: float | None = 0.1) -> None:
+        super().__init__(message, retry_after_s)
 
 
 class TeacherUnavailable(PseudostreamError):

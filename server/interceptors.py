@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import grpc
 from grpc import aio
 
-from pseudostream.server.errors import Overloaded, PseudostreamError
+from pseudostream.server.errors import PseudostreamError
 from pseudostream.server.metrics import ServiceMetrics
 
 __all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY"]
@@ -25,7 +25,7 @@ RETRY_AFTER_KEY = "retry-after-ms"
 
 async def _abort(context: aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, PseudostreamError):
-        if isinstance(exc, Overloaded):
+        if exc.retry_after_s is not None:
             context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))),))
         await context.abort(exc.code, str(exc))
     log.exception("unexpected error in RPC", exc_info=exc)

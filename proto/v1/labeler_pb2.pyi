@@ -91,7 +91,7 @@ class SubscribeRequest(_message.Message):
     consumer: str
     max_batch: int
     include_samples: bool
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: _Optional[bool] = ...) -> None: ...
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: bool = ...) -> None: ...
 
 class PseudoLabel(_message.Message):
     __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata", "positive", "negative", "created_at")

@@ -5,7 +5,7 @@ import warnings
 
 from pseudostream.proto.v1 import labeler_pb2 as pseudostream_dot_v1_dot_labeler__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class LabelerStub:
+class LabelerStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -61,7 +61,7 @@ class LabelerStub:
                 _registered_method=True)
 
 
-class LabelerServicer:
+class LabelerServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Label(self, request_iterator, context):
@@ -139,7 +139,7 @@ def add_LabelerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Labeler:
+class Labeler(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

@@ -18,4 +18,8 @@ def make_backend(config: TeacherConfig) -> TeacherBackend:
             intra_op_threads=config.intra_op_threads,
             providers=config.providers,
         )
+    if config.backend == "triton":
+        from pseudostream.server.backends.triton import TritonBackend  # the [triton] extra
+
+        return TritonBackend(config)
     return BACKENDS.get(config.backend)(config)  # raises listing the known names
