@@ -113,6 +113,14 @@ class AsyncLabelerClient:
             loss_before=loss_before, loss_after=loss_after, step=step,
             audit_offsets=list(audit), audit_labels=list(audit.values())))
 
+    async def publish_teacher(self, teacher: str, model_dir: str) -> pb.TeacherVersion:
+        """Admin: serve the teacher in ``model_dir`` (a folder the service can read) as a new version."""
+        return await self._stub.PublishTeacher(pb.PublishTeacherRequest(teacher=teacher, model_dir=str(model_dir)))
+
+    async def rollback_teacher(self, teacher: str, version: str) -> pb.TeacherVersion:
+        """Admin: serve an earlier version of ``teacher`` again."""
+        return await self._stub.RollbackTeacher(pb.RollbackTeacherRequest(teacher=teacher, version=version))
+
     async def get_topic(self, topic: str, groups: Sequence[str] = ()) -> pb.TopicState:
         """The topic's live state."""
         return await self._stub.GetTopic(pb.GetTopicRequest(topic=topic, groups=list(groups)))

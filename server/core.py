@@ -170,6 +170,43 @@ class LabelingCore:
         self.metrics.observe_feedback(topic, group, loss_before, loss_after, len(records), correct)
         return key, len(records), correct
 
+    def backend(self, teacher: str) -> TeacherBackend:
+        """The backend of ``teacher``; UnknownName lists the configured teachers."""
+        try:
+            return self.backends[teacher]
+        except KeyError:
+            known = ", ".join(sorted(self.backends)) or "(none)"
+            raise UnknownName(f"unknown teacher {teacher!r}; configured teachers: {known}") from None
+
+    async def publish(self, teacher: str, model_dir: str) -> str:
+        """Serve the teacher in ``model_dir`` as a new version, after checking it has the served
+        teacher's signature (input shape and dtype, classes)."""
+        from pseudostream.models.card import TeacherCard
+
+        backend = self.backend(teacher)
+        try:
+            card = TeacherCard.load(model_dir)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"publish: cannot read a teacher card in {model_dir}: {exc}") from None
+        current = backend.metadata
+        mismatches = [f"{what}: {theirs} (served: {ours})" for what, theirs, ours in (
+            ("input_shape", tuple(card.input_shape), current.input_shape),
+            ("input_dtype", card.input_dtype, current.input_dtype.name),
+            ("classes", tuple(card.classes), current.classes)) if theirs != ours]
+        if mismatches:
+            raise InvalidInput(f"publish: {model_dir} does not fit teacher {teacher!r}: "
+                               + "; ".join(mismatches))
+        version = await backend.load_version(model_dir)
+        self.metrics.teacher.labels(teacher).info({"version": version})
+        log.info("teacher %s now serves version %s from %s", teacher, version, model_dir)
+        return version
+
+    async def rollback(self, teacher: str, version: str) -> str:
+        """Serve an earlier version of ``teacher`` again."""
+        served = await self.backend(teacher).rollback(version)
+        self.metrics.teacher.labels(teacher).info({"version": served})
+        return served
+
     async def snapshot(self, name: str, groups: Sequence[str] = ()) -> TopicSnapshot:
         """GetTopic: live policy, thresholds, counts, teacher version and lag."""
         topic = self.topic(name)

@@ -107,6 +107,18 @@ class LabelerServicer(pb_grpc.LabelerServicer):
             dict(zip(request.audit_offsets, request.audit_labels)), request.step)
         return pb.FeedbackResponse(key=key, audited=audited, audit_correct=correct)
 
+    async def PublishTeacher(self, request: pb.PublishTeacherRequest,
+                             context: aio.ServicerContext) -> pb.TeacherVersion:
+        version = await self.core.publish(request.teacher, request.model_dir)
+        return pb.TeacherVersion(teacher=request.teacher, version=version,
+                                 versions=self.core.backend(request.teacher).versions)
+
+    async def RollbackTeacher(self, request: pb.RollbackTeacherRequest,
+                              context: aio.ServicerContext) -> pb.TeacherVersion:
+        version = await self.core.rollback(request.teacher, request.version)
+        return pb.TeacherVersion(teacher=request.teacher, version=version,
+                                 versions=self.core.backend(request.teacher).versions)
+
     async def GetTopic(self, request: pb.GetTopicRequest, context: aio.ServicerContext) -> pb.TopicState:
         snap = await self.core.snapshot(request.topic, list(request.groups))
         return pb.TopicState(**vars(snap))

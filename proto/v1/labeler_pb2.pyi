@@ -249,3 +249,29 @@ class FeedbackResponse(_message.Message):
     audited: int
     audit_correct: int
     def __init__(self, key: _Optional[str] = ..., audited: _Optional[int] = ..., audit_correct: _Optional[int] = ...) -> None: ...
+
+class PublishTeacherRequest(_message.Message):
+    __slots__ = ("teacher", "model_dir")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    model_dir: str
+    def __init__(self, teacher: _Optional[str] = ..., model_dir: _Optional[str] = ...) -> None: ...
+
+class RollbackTeacherRequest(_message.Message):
+    __slots__ = ("teacher", "version")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    version: str
+    def __init__(self, teacher: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class TeacherVersion(_message.Message):
+    __slots__ = ("teacher", "version", "versions")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    version: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, teacher: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -59,6 +59,16 @@ class LabelerStub(object):
                 request_serializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.PublishTeacher = channel.unary_unary(
+                '/pseudostream.v1.Labeler/PublishTeacher',
+                request_serializer=pseudostream_dot_v1_dot_labeler__pb2.PublishTeacherRequest.SerializeToString,
+                response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
+                _registered_method=True)
+        self.RollbackTeacher = channel.unary_unary(
+                '/pseudostream.v1.Labeler/RollbackTeacher',
+                request_serializer=pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.SerializeToString,
+                response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
+                _registered_method=True)
 
 
 class LabelerServicer(object):
@@ -103,6 +113,22 @@ class LabelerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishTeacher(self, request, context):
+        """Admin: serve a new teacher version (a folder with model.onnx and teacher.json, readable by
+        the service; for Triton it is written into the model repository and loaded). In-flight
+        batches finish on the old version; every label records the version that produced it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackTeacher(self, request, context):
+        """Admin: serve an earlier version of a teacher again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabelerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +156,16 @@ def add_LabelerServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.FromString,
                     response_serializer=pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'PublishTeacher': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishTeacher,
+                    request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.PublishTeacherRequest.FromString,
+                    response_serializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.SerializeToString,
+            ),
+            'RollbackTeacher': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackTeacher,
+                    request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.FromString,
+                    response_serializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +303,60 @@ class Labeler(object):
             '/pseudostream.v1.Labeler/Feedback',
             pseudostream_dot_v1_dot_labeler__pb2.FeedbackRequest.SerializeToString,
             pseudostream_dot_v1_dot_labeler__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishTeacher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pseudostream.v1.Labeler/PublishTeacher',
+            pseudostream_dot_v1_dot_labeler__pb2.PublishTeacherRequest.SerializeToString,
+            pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackTeacher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pseudostream.v1.Labeler/RollbackTeacher',
+            pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.SerializeToString,
+            pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,15 @@ class TeacherBackend(ABC):
         Returns the new version."""
 
     @abstractmethod
+    async def rollback(self, version: str) -> str:
+        """Serve the earlier ``version`` again (UnknownName if this backend never served it)."""
+
+    @property
+    @abstractmethod
+    def versions(self) -> list[str]:
+        """Every version this backend can serve, oldest first."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Release the model and worker threads."""
 

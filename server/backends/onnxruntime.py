@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import onnxruntime as ort
 
 from pseudostream.models.card import TeacherCard
 from pseudostream.server.backends.base import BACKENDS, TeacherBackend, TeacherMetadata, TeacherOutput
-from pseudostream.server.errors import TeacherUnavailable
+from pseudostream.server.errors import TeacherUnavailable, UnknownName
 
 __all__ = ["OnnxRuntimeBackend", "metadata_from_card"]
 
@@ -63,6 +64,7 @@ class OnnxRuntimeBackend(TeacherBackend):
         self._providers = providers
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-infer")
         self._loaded: _Loaded | None = None
+        self._dirs: dict[str, Path] = {}  # version -> model folder, for rollback
 
     @property
     def metadata(self) -> TeacherMetadata:
@@ -75,16 +77,34 @@ class OnnxRuntimeBackend(TeacherBackend):
         """The execution providers the current session runs on."""
         return [] if self._loaded is None else self._loaded.session.get_providers()
 
+    @property
+    def versions(self) -> list[str]:
+        return sorted(self._dirs, key=lambda v: (len(v), v))
+
     async def start(self) -> None:
-        await self.load_version(self._model_dir)
+        await self._serve(self._model_dir, version=None)
 
     async def load_version(self, model_dir: str | Path) -> str:
+        """Serve ``model_dir`` as the next version (one more than the highest so far)."""
+        numbers = [int(v) for v in self._dirs if v.isdigit()]
+        return await self._serve(Path(model_dir), version=str(max(numbers, default=0) + 1))
+
+    async def rollback(self, version: str) -> str:
+        if version not in self._dirs:
+            raise UnknownName(f"teacher {self.metadata.name} has no version {version!r}; "
+                              f"versions: {', '.join(self.versions)}")
+        return await self._serve(self._dirs[version], version=version)
+
+    async def _serve(self, model_dir: Path, version: str | None) -> str:
         loop = asyncio.get_running_loop()
         # Build the new session off the event loop, then swap: batches already running keep
         # the session object they captured.
         loaded = await loop.run_in_executor(None, self._load, Path(model_dir))
+        if version is not None:
+            loaded = dataclasses.replace(loaded, metadata=dataclasses.replace(loaded.metadata, version=version))
         self._loaded = loaded
         self._model_dir = Path(model_dir)
+        self._dirs[loaded.metadata.version] = Path(model_dir)
         log.info("teacher %s version %s serving on %s", loaded.metadata.name,
                  loaded.metadata.version, loaded.session.get_providers())
         return loaded.metadata.version
