@@ -6,7 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned to the local CPU wheel; any other spec pulls gigabytes of CUDA wheels.
 TORCH  := torch==2.13.0
-EXTRAS ?= dev
+# The [triton] extra brings tritonclient and the tritonserver bundled in nvidia-pytriton
+# (CPU, python backend), which the tests start themselves.
+EXTRAS ?= dev,triton
+BACKEND ?= onnxruntime
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: install demo test test-unit test-integration proto bench clean
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	touch $@
 
 demo: install
-	$(BIN)/pseudostream demo $(if $(REPORT),--report $(REPORT))
+	$(BIN)/pseudostream demo --backend $(BACKEND) $(if $(REPORT),--report $(REPORT))
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -13,12 +13,12 @@ from typing import Optional
 
 import typer
 
+from pseudostream.clients.cli_admin import DEFAULT_TEACHER_DIR, teacher_app, triton_app
+
 app = typer.Typer(help="pseudostream: online pseudo-labeling service.", no_args_is_help=True,
                   add_completion=False)
-teacher_app = typer.Typer(help="Build and manage teachers.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
-
-DEFAULT_TEACHER_DIR = Path(".cache/teachers/digits-cnn")
+app.add_typer(triton_app, name="triton")
 
 
 def _logging(verbose: bool) -> None:
@@ -96,28 +96,18 @@ def demo(report: Path = typer.Option(Path("demo-report.json"), "--report", help=
          teacher_dir: Path = typer.Option(DEFAULT_TEACHER_DIR, "--teacher-dir"),
          severity: int = typer.Option(1, "--severity", min=1, max=3,
                                       help="shift severity (models/shift.py); 1 is the demo's"),
+         backend: str = typer.Option("onnxruntime", "--backend",
+                                     help="onnxruntime (embedded) | triton (a local Triton)"),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the whole loop on the embedded teacher and write a report."""
     from pseudostream.clients.demo import DemoSettings, format_report, run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    result = run_demo(DemoSettings(producers=producers, teacher_dir=teacher_dir, severity=severity))
+    result = run_demo(DemoSettings(producers=producers, teacher_dir=teacher_dir, severity=severity,
+                                   backend=backend))
     report.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(format_report(result))
     typer.echo(f"report written to {report}")
-
-
-@teacher_app.command("build-demo")
-def build_demo(out: Path = typer.Option(DEFAULT_TEACHER_DIR, "--out"),
-               force: bool = typer.Option(False, "--force", help="rebuild even if cached"),
-               seed: int = typer.Option(0, "--seed")) -> None:
-    """Train, calibrate and export the digits teacher (cached)."""
-    from pseudostream.models.demo_teacher import build_demo_teacher
-
-    _logging(False)
-    card = build_demo_teacher(out, seed=seed, force=force)
-    typer.echo(json.dumps({"dir": str(out), "name": card.name, "version": card.version,
-                           "temperature": card.temperature, **card.metrics}, indent=2))
 
 
 def main() -> None:

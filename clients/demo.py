@@ -9,12 +9,13 @@ and acks what it trained on, 5. report the figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -43,6 +44,7 @@ class DemoSettings:
     policy_params: dict[str, Any] = field(default_factory=lambda: {"tau": 0.95})
     seed: int = 0
     severity: int = 1  # models.shift.DEMO_SEVERITY; 2 and 3 break the frozen teacher
+    backend: str = "onnxruntime"  # or "triton": a local Triton the demo starts and stops
     progress: bool = True
 
 
@@ -56,17 +58,19 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     splits = load_digits_splits(seed=settings.seed)
     stream_x = apply_shift(splits.stream_x, seed=STREAM_SHIFT_SEED, severity=settings.severity)
     test_x = apply_shift(splits.test_x, seed=TEST_SHIFT_SEED, severity=settings.severity)
-    with tempfile.TemporaryDirectory(prefix="pseudostream-demo-") as work:
+    with tempfile.TemporaryDirectory(prefix="pseudostream-demo-") as work, \
+            _teacher_service(settings, Path(work)) as (teacher, triton):
         config = ServiceConfig(
             port=0, metrics_port=None,
-            teachers={TEACHER: {"model_dir": settings.teacher_dir, "max_batch": 128,
-                                "max_delay_ms": 5.0, "intra_op_threads": 1}},
+            teachers={TEACHER: teacher},
             topics={TOPIC: {"teacher": TEACHER, "store_samples": True,
                             "policy": {"name": settings.policy, "params": settings.policy_params}}},
             label_log={"path": Path(work) / "labels.db", "visibility_timeout_s": 30.0},
         )
         report = asyncio.run(_run(config, settings, stream_x, list(splits.stream_ids), test_x,
                                   splits.test_y))
+        if triton is not None:
+            report["triton_inference_count"] = _triton_inference_count(triton.metrics_url)
     stream_truth = dict(zip(splits.stream_ids, splits.stream_y.tolist()))
     report.update(_label_quality(report.pop("_accepted"), stream_truth))
     report["teacher_accuracy_shifted"] = _teacher_accuracy(settings.teacher_dir, test_x, splits.test_y)
@@ -98,7 +102,7 @@ async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarr
             state = await client.get_topic(TOPIC, groups=[trainer.group])
     sent = len(stream_ids)
     return {
-        "backend": "onnxruntime",
+        "backend": settings.backend,
         "policy": state.policy,
         "producers": settings.producers,
         "samples_sent": sent,
@@ -126,6 +130,37 @@ async def _produce(target: str, x: np.ndarray, ids: list[str], request_size: int
                 accepted[result.ids[k]] = int(result.label[k])
             bar.update(len(result))
     return accepted
+
+
+@contextlib.contextmanager
+def _teacher_service(settings: DemoSettings, work: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The teacher config for the service, and the local Triton behind it when asked for."""
+    batching = {"max_batch": 128, "max_delay_ms": 5.0}
+    if settings.backend == "onnxruntime":
+        yield {"model_dir": settings.teacher_dir, "intra_op_threads": 1, **batching}, None
+        return
+    if settings.backend != "triton":
+        raise ValueError(f"backend must be onnxruntime or triton, got {settings.backend!r}")
+    from pseudostream.models.triton_repo import write_model_repository
+    from pseudostream.server.backends.triton_server import LocalTritonServer
+
+    repo = work / "triton-repo"
+    write_model_repository(repo, settings.teacher_dir, name=TEACHER, platform="python")
+    with LocalTritonServer(repo) as triton:
+        yield {"backend": "triton", "triton": {"url": triton.grpc_url, "model": TEACHER,
+                                               "repository": repo, "platform": "python"},
+               **batching}, triton
+
+
+def _triton_inference_count(metrics_url: str) -> int:
+    """Sum of Triton's ``nv_inference_count`` (inferences it ran) from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return int(sum(s.value for f in text_string_to_metric_families(text)
+                   for s in f.samples if s.name in ("nv_inference_count", "nv_inference_count_total")))
 
 
 def _label_quality(accepted: dict[str, int], truth: dict[str, int]) -> dict[str, Any]:

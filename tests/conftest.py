@@ -148,3 +148,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path) -> Path:
+    """A Triton model repository holding the demo teacher as python-backend model ``digits-cnn``
+    (version 1). Shared by the session: tests that add versions should write their own."""
+    from pseudostream.models.triton_repo import write_model_repository
+
+    repo = tmp_path_factory.mktemp("triton-repo")
+    write_model_repository(repo, teacher_dir, name="digits-cnn", platform="python")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def triton_server(triton_repo: Path, require_triton: None) -> Iterator[Any]:
+    """The ``tritonserver`` bundled with nvidia-pytriton serving ``triton_repo`` on free loopback
+    ports, for one test module (``LocalTritonServer``: ``.grpc_url``, ``.http_url``, ...)."""
+    from pseudostream.server.backends.triton_server import LocalTritonServer
+
+    with LocalTritonServer(triton_repo, models=["digits-cnn"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def require_triton() -> None:
+    """Skip without the [triton] extra (tritonclient, nvidia-pytriton), except under CI=true,
+    where .ci/run installs it and a missing extra is a failure."""
+    missing = [name for name in ("pytriton", "tritonclient") if importlib.util.find_spec(name) is None]
+    if missing:
+        what = " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{what} not installed (CI=true): .ci/run must install the [triton] extra")
+        pytest.skip(f"{what} not installed: pip install -e '.[triton]' (bundles a CPU tritonserver)")

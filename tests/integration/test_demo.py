@@ -31,3 +31,16 @@ def test_demo_cli_writes_a_report_that_meets_the_bar(tmp_path, teacher_dir):
     assert r["pseudo_label_precision"] > r["teacher_accuracy_shifted"]
     assert r["student_accuracy_shifted"] >= r["teacher_accuracy_shifted"] - 0.03
     assert r["shift"]["severity"] == 1 and r["teacher_version"] == "1" and r["policy"] == "fixed"
+
+
+def test_demo_on_a_local_triton_reports_its_inference_count(tmp_path, teacher_dir, require_triton):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pseudostream.clients.cli", "demo", "--backend", "triton",
+         "--report", str(report), "--teacher-dir", str(teacher_dir)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["backend"] == "triton" and FIELDS <= set(r)
+    assert r["triton_inference_count"] == r["samples_sent"]  # every sample went through Triton
+    assert r["pseudo_label_precision"] > r["teacher_accuracy_shifted"]
