@@ -162,3 +162,21 @@ async def test_publish_on_triton_while_streaming(make_config, triton, digits, tm
     assert 0 < switch and set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}
     counts = _metrics(triton.metrics_url)
     assert counts["nv_inference_exec_count"] < counts["nv_inference_count"]  # Triton batched too
+
+
+async def test_shared_memory_path_gives_the_same_outputs(make_config, triton, digits, teacher_dir):
+    from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend
+    from pseudostream.server.backends.triton import TritonBackend
+    from pseudostream.server.config import TeacherConfig
+
+    cfg = _triton_config(make_config, triton).teachers["digits-cnn"].model_dump()
+    cfg["triton"]["shared_memory"] = True
+    x = np.ascontiguousarray(digits.stream_x[:40])
+    async with TritonBackend(TeacherConfig.model_validate(cfg)) as remote, \
+            OnnxRuntimeBackend(teacher_dir) as local:
+        outs = await asyncio.gather(*[remote.infer(x[i:i + 10]) for i in range(0, 40, 10)])
+        expected = await local.infer(x)
+        status = await remote._client.get_system_shared_memory_status(as_json=True)
+    np.testing.assert_allclose(np.concatenate([o.logits for o in outs]), expected.logits, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([o.features for o in outs]), expected.features, atol=1e-4)
+    assert len(status.get("regions", {})) == 2  # the pool's regions were registered with Triton
