@@ -38,6 +38,7 @@ class LabelingServer:
         self._metrics_http: object | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -63,12 +64,33 @@ class LabelingServer:
         if self.config.metrics_port is not None:
             self._metrics_http, _, self.metrics_port = serve_metrics(
                 self.metrics, self.config.metrics_host, self.config.metrics_port)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(True)
+        self._watch = asyncio.create_task(self._watch_teachers(), name="teacher-health")
         log.info("labeling service on %s (metrics port %s)", self.address, self.metrics_port)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _watch_teachers(self, interval_s: float = 1.0) -> None:
+        """Readiness follows the teachers: NOT_SERVING while any backend is down."""
+        serving = True
+        while True:
+            await asyncio.sleep(interval_s)
+            ready = all([await b.ready() for b in self.core.backends.values()])
+            if ready != serving:
+                log.warning("teachers %s: health %s", "ready" if ready else "down",
+                            "SERVING" if ready else "NOT_SERVING")
+                await self._set_health(ready)
+                serving = ready
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking new RPCs, let in-flight ones finish within ``grace``, drain, checkpoint."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s if grace is None else grace)

@@ -23,6 +23,11 @@ _DEFAULT_SUBSCRIBE_BATCH = 256
 _SUBSCRIBE_POLL_S = 0.5
 
 
+def _discard_outcome(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a Label request finished after its stream ended: %s", task.exception())
+
+
 class LabelerServicer(pb_grpc.LabelerServicer):
     """Implements pseudostream.v1.Labeler over a LabelingCore."""
 
@@ -51,6 +56,12 @@ class LabelerServicer(pb_grpc.LabelerServicer):
             await reader
         finally:
             reader.cancel()
+            # Requests still in flight keep running (their accepted labels reach the log); their
+            # outcome has no reader any more, so retrieve it to keep the event loop quiet.
+            while not inflight.empty():
+                item = inflight.get_nowait()
+                if isinstance(item, tuple):
+                    item[1].add_done_callback(_discard_outcome)
 
     async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue) -> None:
         try:

@@ -63,6 +63,10 @@ class TeacherBackend(ABC):
         """Serve the teacher in ``model_dir`` from now on; in-flight batches finish on the old one.
         Returns the new version."""
 
+    async def ready(self) -> bool:
+        """Whether the teacher can serve now (the service's readiness follows it)."""
+        return True
+
     @abstractmethod
     async def rollback(self, version: str) -> str:
         """Serve the earlier ``version`` again (UnknownName if this backend never served it)."""

@@ -40,6 +40,14 @@ def _triton_config(make_config, triton, **topic):
         topics={"digits": {"teacher": "digits-cnn", **topic}})
 
 
+async def _health(address: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
 def _metrics(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -102,6 +110,8 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
                 async for result in client.label_stream(requests(), timeout=60):
                     accepted.extend(result.offset[result.accepted].tolist())
             assert killed and info.value.code() == grpc.StatusCode.UNAVAILABLE
+            await asyncio.sleep(1.5)  # the readiness watcher notices
+            assert await _health(server.address) == "NOT_SERVING"
             assert "Triton" in info.value.details()
             metadata = dict(info.value.trailing_metadata() or ())
             assert "retry-after-ms" in metadata
@@ -118,6 +128,8 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
                     await asyncio.sleep(0.2)
             else:
                 pytest.fail("the service did not recover after Triton restarted")
+            await asyncio.sleep(1.5)
+            assert await _health(server.address) == "SERVING"
     assert again.accepted.all() and again.offset.min() == len(accepted)
 
 
