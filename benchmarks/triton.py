@@ -102,7 +102,8 @@ async def service(target: str, x: np.ndarray, n: int, seconds: float) -> dict[st
             await clients[k].close()
 
 
-def start_service(work: Path, triton: LocalTritonServer, model: str, repo: Path) -> tuple[subprocess.Popen, str]:
+def start_service(work: Path, triton: LocalTritonServer, model: str, repo: Path,
+                  args_delay_ms: float) -> tuple[subprocess.Popen, str]:
     import socket
 
     with socket.socket() as s:
@@ -111,7 +112,7 @@ def start_service(work: Path, triton: LocalTritonServer, model: str, repo: Path)
     config = work / f"{model}.yaml"
     config.write_text(yaml.safe_dump({
         "port": port, "metrics_port": None,
-        "teachers": {model: {"backend": "triton", "max_batch": 128, "max_delay_ms": 2,
+        "teachers": {model: {"backend": "triton", "max_batch": 128, "max_delay_ms": args_delay_ms,
                              "triton": {"url": triton.grpc_url, "model": model, "repository": str(repo),
                                         "platform": "python"}}},
         "topics": {"bench": {"teacher": model, "idempotency_window_s": 0}},
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--request", type=int, default=16, help="samples per request")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="the service batcher's")
     parser.add_argument("--out", type=Path, default=Path("triton-report.json"))
     args = parser.parse_args()
     teachers = {"light": Path(".cache/teachers/digits-cnn"), "heavy": Path(".cache/teachers/resnet18")}
@@ -143,7 +145,7 @@ def main() -> None:
             write_model_repository(repo, teacher_dir, name=card.name, platform="python")
             x = np.random.default_rng(0).random((args.request, *card.input_shape), dtype=np.float32)
             with LocalTritonServer(repo) as triton:
-                proc, target = start_service(work, triton, card.name, repo)
+                proc, target = start_service(work, triton, card.name, repo, args.max_delay_ms)
                 try:
                     r = asyncio.run(raw(triton.grpc_url, card.name, x, args.concurrency, args.seconds))
                     s = asyncio.run(service(target, x, args.concurrency, args.seconds))
