@@ -54,6 +54,8 @@ class TopicSnapshot:
 class LabelingCore:
     """Owns every long-lived part of the service; ``start``/``stop`` bring them up and down."""
 
+    LAG_REFRESH_S = 5.0
+
     def __init__(self, config: ServiceConfig, metrics: ServiceMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or ServiceMetrics()
@@ -63,6 +65,8 @@ class LabelingCore:
         self.topics: dict[str, TopicRuntime] = {}
         self.sync: PolicySync | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self.groups: dict[str, set[str]] = {}  # consumer groups seen per topic (lag metric)
         self.ready = False
 
     async def start(self) -> None:
@@ -78,6 +82,7 @@ class LabelingCore:
             topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
             await topic.restore()
             self.topics[name] = topic
+            self.metrics.register_topic(name)
         self.metrics.track_topics(lambda: list(self.topics.values()))
         for name, tcfg in self.config.teachers.items():
             topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
@@ -86,21 +91,23 @@ class LabelingCore:
                                    max_delay_s=tcfg.max_delay_ms / 1000.0,
                                    max_queue_samples=tcfg.max_queue_samples, name=name)
             batcher.start()
-            self.metrics.track_queue(name, lambda b=batcher: b.queued_samples)
+            self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher
         if self.config.label_log.kind == "redis":  # a shared log: replicas merge policies
             self.sync = PolicySync(self.topics, self.log, self.config.replica_id,
                                    self.config.policy_sync_s)
             self._sync_task = asyncio.create_task(self.sync.run(), name="policy-sync")
+        self._lag_task = asyncio.create_task(self._refresh_lag(), name="consumer-lag")
         self.ready = True
 
     async def stop(self) -> None:
         """Drain queued batches, checkpoint every topic, close teachers and the log."""
         self.ready = False
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            await asyncio.gather(self._sync_task, return_exceptions=True)
-            self._sync_task = None
+        for task in (self._sync_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._sync_task = self._lag_task = None
         for batcher in self.batchers.values():
             await batcher.stop()
         for topic in self.topics.values():
@@ -144,6 +151,8 @@ class LabelingCore:
         assert self.log is not None
         acked = await self.log.ack(topic, group, offsets)
         self.metrics.acked.labels(topic, group).inc(acked)
+        self.watch_group(topic, group)
+        self.metrics.observe_group_lag(topic, group, await self.log.lag(topic, group))
         return acked, await self.log.committed(topic, group)
 
     async def feedback(self, topic: str, group: str, consumer: str, offsets: Sequence[int],
@@ -169,6 +178,22 @@ class LabelingCore:
         await self.log.save_state(topic, key, json.dumps(blob).encode())
         self.metrics.observe_feedback(topic, group, loss_before, loss_after, len(records), correct)
         return key, len(records), correct
+
+    def watch_group(self, topic: str, group: str) -> None:
+        """Report ``group``'s lag on ``topic`` from now on (pseudostream_consumer_lag)."""
+        self.groups.setdefault(topic, set()).add(group)
+
+    async def _refresh_lag(self) -> None:
+        """Every LAG_REFRESH_S, set the lag gauge of every group seen (appends raise it)."""
+        while True:
+            await asyncio.sleep(self.LAG_REFRESH_S)
+            try:
+                for topic, groups in list(self.groups.items()):
+                    for group in list(groups):
+                        assert self.log is not None
+                        self.metrics.observe_group_lag(topic, group, await self.log.lag(topic, group))
+            except Exception as exc:  # a log hiccup must not end the refresher
+                log.warning("consumer lag refresh failed: %s", exc)
 
     def backend(self, teacher: str) -> TeacherBackend:
         """The backend of ``teacher``; UnknownName lists the configured teachers."""
@@ -229,5 +254,7 @@ class LabelingCore:
         )
         for group in groups:
             snap.group_lag[group] = await self.log.lag(name, group)
+            self.watch_group(name, group)
+            self.metrics.observe_group_lag(name, group, snap.group_lag[group])
             snap.group_committed[group] = await self.log.committed(name, group)
         return snap

@@ -172,7 +172,7 @@ class TeacherPipeline:
             offsets[accepted] = await self.log.append(topic.name, batch)
             self.metrics.appended.labels(topic.name).inc(int(accepted.size))
         self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
-                                       decisions.label, decisions.reason)
+                                       decisions.label, decisions.reason, decisions.confidence)
         if topic.checkpoint_due:
             await topic.checkpoint()
         return decisions, offsets

@@ -89,6 +89,7 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         self.core.topic(request.topic)
         if not request.group or not request.consumer:
             raise InvalidInput("subscribe: group and consumer must be non-empty names")
+        self.core.watch_group(request.topic, request.group)
         label_log = self.core.log
         assert label_log is not None
         max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
