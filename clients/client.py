@@ -57,13 +57,14 @@ class AsyncLabelerClient:
     """
 
     def __init__(self, target: str, *, max_message_bytes: int = 64 << 20,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         self.target = target
         self._channel = (aio.secure_channel(target, credentials, options) if credentials
                          else aio.insecure_channel(target, options))
-        self._stub = pb_grpc.LabelerStub(self._channel)
+        self._stub = pb_grpc.LabelerStub(_TokenChannel(self._channel, token) if token else self._channel)
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel connects (raises asyncio.TimeoutError)."""
@@ -133,6 +134,28 @@ class AsyncLabelerClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _TokenChannel:
+    """Wraps a channel so every call carries ``authorization: Bearer <token>`` metadata."""
+
+    def __init__(self, channel: aio.Channel, token: str) -> None:
+        self._channel, self._metadata = channel, (("authorization", f"Bearer {token}"),)
+
+    def __getattr__(self, name: str):
+        make = getattr(self._channel, name)
+        if name not in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            return make
+
+        def multicallable(*args, **kwargs):
+            call = make(*args, **kwargs)
+
+            def invoke(*a, metadata=None, **k):
+                return call(*a, metadata=tuple(metadata or ()) + self._metadata, **k)
+
+            return invoke
+
+        return multicallable
 
 
 async def _as_async(items: AsyncIterable[pb.LabelRequest] | Iterable[pb.LabelRequest]) -> AsyncIterator[pb.LabelRequest]:
