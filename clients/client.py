@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from typing import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 
 import grpc
@@ -58,10 +59,11 @@ class AsyncLabelerClient:
 
     def __init__(self, target: str, *, max_message_bytes: int = 64 << 20,
                  credentials: grpc.ChannelCredentials | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, retries: int = 3, backoff_s: float = 0.05) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         self.target = target
+        self.retries, self.backoff_s = retries, backoff_s
         self._channel = (aio.secure_channel(target, credentials, options) if credentials
                          else aio.insecure_channel(target, options))
         self._stub = pb_grpc.LabelerStub(_TokenChannel(self._channel, token) if token else self._channel)
@@ -73,11 +75,26 @@ class AsyncLabelerClient:
     async def label(self, topic: str, inputs: np.ndarray, ids: Sequence[str] | None = None,
                     metadata: Sequence[Mapping[str, str]] | None = None,
                     timeout: float | None = None) -> LabelResult:
-        """Label one batch (one request on a short stream) and return its decisions."""
+        """Label one batch (one request on a short stream) and return its decisions.
+
+        RESOURCE_EXHAUSTED (the service shed load) and UNAVAILABLE (teacher or service down)
+        are retried ``retries`` times with jittered exponential backoff, waiting at least the
+        service's ``retry-after-ms`` hint. Retrying is safe: within the topic's idempotency
+        window the service answers a repeated sample id with its first decision.
+        """
         request = make_label_request(topic, inputs, ids, metadata)
-        async for result in self.label_stream([request], timeout=timeout):
-            return result
-        raise RuntimeError("the service closed the stream without a response")
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                async for result in self.label_stream([request], timeout=timeout):
+                    return result
+                raise RuntimeError("the service closed the stream without a response")
+            except aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE or attempt == self.retries:
+                    raise
+                await asyncio.sleep(max(delay, _retry_after_s(exc)) * random.uniform(0.5, 1.5))
+                delay *= 2
+        raise AssertionError("unreachable")
 
     async def label_stream(self, requests: AsyncIterable[pb.LabelRequest] | Iterable[pb.LabelRequest],
                            timeout: float | None = None) -> AsyncIterator[LabelResult]:
@@ -134,6 +151,20 @@ class AsyncLabelerClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+_RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+def _retry_after_s(exc: aio.AioRpcError) -> float:
+    """The service's retry-after-ms trailer, in seconds (0 if absent)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return int(value) / 1000
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 class _TokenChannel:
