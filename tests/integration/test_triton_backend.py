@@ -95,12 +95,13 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
     async with LabelingServer(config) as server:
         async with AsyncLabelerClient(server.address) as client:
             accepted: list[int] = []
+            answered = 0
             killed = False
 
             async def requests():
                 nonlocal killed
-                for r in range(200):
-                    if r == 10:
+                for r in range(400):
+                    if answered >= 5 and not killed:  # kill once answers are flowing
                         triton.kill()
                         killed = True
                     yield make_label_request("digits", x, [f"k{r}-{i}" for i in range(8)])
@@ -109,6 +110,7 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 async for result in client.label_stream(requests(), timeout=60):
                     accepted.extend(result.offset[result.accepted].tolist())
+                    answered += 1
             assert killed and info.value.code() == grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(1.5)  # the readiness watcher notices
             assert await _health(server.address) == "NOT_SERVING"
@@ -117,7 +119,8 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
             assert "retry-after-ms" in metadata
             # Every label reported accepted is in the log.
             state = await client.get_topic("digits")
-            assert len(accepted) >= 10 * 8 and state.log_end_offset == len(accepted)
+            assert len(accepted) >= 5 * 8 and max(accepted) < state.log_end_offset
+            assert sorted(accepted) == list(range(len(accepted)))
             await asyncio.get_running_loop().run_in_executor(None, triton.restart)
             for _ in range(50):  # the service recovers by itself once Triton is back
                 try:
@@ -130,7 +133,7 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
                 pytest.fail("the service did not recover after Triton restarted")
             await asyncio.sleep(1.5)
             assert await _health(server.address) == "SERVING"
-    assert again.accepted.all() and again.offset.min() == len(accepted)
+    assert again.accepted.all() and again.offset.min() >= len(accepted)
 
 
 async def test_publish_on_triton_while_streaming(make_config, triton, digits, tmp_path_factory):
