@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
+from pseudostream.server.auth import AuthInterceptor
 from pseudostream.server.config import ServiceConfig
 from pseudostream.server.core import LabelingCore
 from pseudostream.server.interceptors import ErrorMappingInterceptor
 from pseudostream.server.metrics import ServiceMetrics, serve_metrics
+from pseudostream.server.security import TokenStore, server_credentials
 from pseudostream.server.service import LabelerServicer
 
 __all__ = ["LabelingServer", "serve_forever"]
@@ -52,13 +54,24 @@ class LabelingServer:
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
         ]
-        server = aio.server(interceptors=[ErrorMappingInterceptor(self.metrics)], options=options)
+        security = self.config.security
+        credentials = server_credentials(security.tls) if security.tls is not None else None
+        interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor(self.metrics)]
+        tokens = TokenStore.load(security)
+        if tokens is not None:  # inside error mapping: its auth errors get status codes + metrics
+            teacher_topics: dict[str, list[str]] = {}
+            for name, topic in self.config.topics.items():
+                teacher_topics.setdefault(topic.teacher, []).append(name)
+            interceptors.append(AuthInterceptor(tokens, teacher_topics))
+        server = aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_LabelerServicer_to_server(LabelerServicer(self.core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        bind = f"{self.config.host}:{self.config.port}"
+        self.port = (server.add_secure_port(bind, credentials) if credentials is not None
+                     else server.add_insecure_port(bind))
         await server.start()
         self._server = server
         if self.config.metrics_port is not None:
@@ -66,7 +79,10 @@ class LabelingServer:
                 self.metrics, self.config.metrics_host, self.config.metrics_port)
         await self._set_health(True)
         self._watch = asyncio.create_task(self._watch_teachers(), name="teacher-health")
-        log.info("labeling service on %s (metrics port %s)", self.address, self.metrics_port)
+        log.info("labeling service on %s (%s, %s; metrics port %s)", self.address,
+                 "plaintext" if security.tls is None else
+                 "mutual TLS" if security.tls.client_ca_file is not None else "TLS",
+                 "bearer tokens required" if tokens is not None else "no auth", self.metrics_port)
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -91,6 +107,7 @@ class LabelingServer:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             self._watch = None
+        self.core.draining.set()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_s if grace is None else grace)
@@ -117,14 +134,16 @@ class LabelingServer:
 async def serve_forever(config: ServiceConfig,
                         on_ready: Callable[[LabelingServer], None] | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully; ``on_ready`` runs once listening."""
-    server = LabelingServer(config)
-    await server.start()
-    if on_ready is not None:
-        on_ready(server)
+    # Handlers first: a SIGTERM right after on_ready announced readiness (or during start) must
+    # take the graceful path, not the default action that kills the process mid-write.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = LabelingServer(config)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -5,6 +5,7 @@ Tensors are decoded zero-copy: ``np.frombuffer`` views the request's bytes (read
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -17,9 +18,14 @@ from pseudostream.server.labellog.base import LabelRecord
 from pseudostream.server.pipeline import LabelOutcome
 
 __all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
-           "encode_label_response", "encode_records", "MAX_ID_LENGTH"]
+           "encode_label_response", "encode_records", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",
+           "MAX_METADATA_KEY_LENGTH", "MAX_METADATA_VALUE_LENGTH"]
 
 MAX_ID_LENGTH = 256
+MAX_METADATA_ENTRIES = 32  # per sample
+MAX_TENSOR_DIMS = 32  # numpy's own limit
+MAX_METADATA_KEY_LENGTH = 128
+MAX_METADATA_VALUE_LENGTH = 1024
 _DTYPES = {"float32", "float16", "float64", "uint8", "int8", "int16", "int32", "int64", "bool"}
 
 
@@ -41,14 +47,19 @@ def decode_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
     shape = tuple(tensor.shape)
     if not shape or any(d < 0 for d in shape):
         raise InvalidInput(f"{what}: shape {list(shape)} must be non-empty with sizes >= 0")
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidInput(f"{what}: {len(shape)} dimensions, limit {MAX_TENSOR_DIMS}")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot wrap around
     if len(tensor.data) != expected:
         raise InvalidInput(
             f"{what}: {len(tensor.data)} bytes do not match shape {list(shape)} of "
             f"{tensor.dtype} ({expected} bytes expected, little-endian, C order)"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    except ValueError:  # e.g. [2**62, 4, 0]: no bytes, but sizes numpy cannot index
+        raise InvalidInput(f"{what}: shape {list(shape)} is too large to index") from None
 
 
 def encode_tensor(array: np.ndarray) -> pb.Tensor:
@@ -60,11 +71,19 @@ def encode_tensor(array: np.ndarray) -> pb.Tensor:
 
 
 def decode_label_request(request: pb.LabelRequest, teacher: TeacherMetadata,
-                         max_sample_bytes: int, audit_label_key: str | None = None) -> LabelInput:
-    """Validate ``request`` against the topic's teacher; InvalidInput says what was expected."""
+                         max_sample_bytes: int, audit_label_key: str | None = None, *,
+                         max_request_samples: int | None = None,
+                         nonfinite: str = "reject") -> LabelInput:
+    """Validate ``request`` against the topic's teacher; InvalidInput says what was expected.
+
+    NaN/Inf in float inputs: ``nonfinite="reject"`` raises InvalidInput, ``"sanitize"`` replaces
+    them with 0 (on a copy; the request's bytes stay untouched)."""
     n = len(request.ids)
     if n == 0:
         raise InvalidInput("empty batch: send at least one sample id with its tensor")
+    if max_request_samples is not None and n > max_request_samples:
+        raise InvalidInput(f"{n} samples in one request, limit {max_request_samples}; "
+                           "split the batch over several requests")
     if not request.HasField("inputs"):
         raise InvalidInput(f"missing inputs: expected a tensor of shape [{n}, "
                            f"{', '.join(map(str, teacher.input_shape))}]")
@@ -90,9 +109,38 @@ def decode_label_request(request: pb.LabelRequest, teacher: TeacherMetadata,
             raise InvalidInput(f"metadata: {len(request.metadata)} entries for {n} ids; "
                                "send none or one per id")
         metadata = [dict(m.entries) for m in request.metadata]
+        _check_metadata_sizes(metadata, ids)
         if audit_label_key is not None:
             _check_audit_labels(metadata, audit_label_key, teacher.num_classes)
+    if inputs.dtype.kind == "f":
+        inputs = _check_finite(inputs, ids, nonfinite)
     return LabelInput(request.topic, ids, inputs, metadata, request.request_id)
+
+
+def _check_finite(inputs: np.ndarray, ids: Sequence[str], nonfinite: str) -> np.ndarray:
+    finite = np.isfinite(inputs)
+    if finite.all():
+        return inputs
+    if nonfinite == "sanitize":
+        return np.nan_to_num(inputs, copy=True, nan=0.0, posinf=0.0, neginf=0.0)
+    bad = ~finite.reshape(len(ids), -1)
+    first = int(np.flatnonzero(bad.any(axis=1))[0])
+    raise InvalidInput(f"inputs: {int(bad.sum())} NaN/Inf values, first in sample {ids[first]!r}; "
+                       "send finite values (or configure the topic with nonfinite: sanitize)")
+
+
+def _check_metadata_sizes(metadata: list[dict[str, str]], ids: Sequence[str]) -> None:
+    for sample_id, m in zip(ids, metadata):
+        if len(m) > MAX_METADATA_ENTRIES:
+            raise InvalidInput(f"metadata of sample {sample_id!r}: {len(m)} entries, limit "
+                               f"{MAX_METADATA_ENTRIES} per sample")
+        for key, value in m.items():
+            if len(key) > MAX_METADATA_KEY_LENGTH:
+                raise InvalidInput(f"metadata of sample {sample_id!r}: key of {len(key)} characters, "
+                                   f"limit {MAX_METADATA_KEY_LENGTH}")
+            if len(value) > MAX_METADATA_VALUE_LENGTH:
+                raise InvalidInput(f"metadata of sample {sample_id!r}: value of key {key[:32]!r} has "
+                                   f"{len(value)} characters, limit {MAX_METADATA_VALUE_LENGTH}")
 
 
 def _check_audit_labels(metadata: list[dict[str, str]], key: str, num_classes: int) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pseudostream.server.errors import ConfigError
+from pseudostream.server.security import SecurityConfig
 
 __all__ = [
     "TeacherConfig",
@@ -115,6 +116,9 @@ class TopicConfig(_Strict):
         "decided and scored for quality but never logged for trainers")
     store_samples: bool = Field(True, description="keep sample tensors in the log for trainers")
     max_sample_bytes: int = Field(1 << 20, ge=1, description="largest accepted sample tensor")
+    nonfinite: Literal["reject", "sanitize"] = Field(
+        "reject", description="NaN/Inf in float inputs: reject the request (INVALID_ARGUMENT) "
+        "or sanitize (replace them with 0 on a copy and label it)")
 
 
 class LabelLogConfig(_Strict):
@@ -154,6 +158,10 @@ class ServiceConfig(BaseSettings):
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
     topics: dict[str, TopicConfig] = Field(default_factory=dict)
     label_log: LabelLogConfig = Field(default_factory=LabelLogConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    max_request_samples: int = Field(4096, ge=1, description="most samples in one LabelRequest")
+    stream_idle_timeout_s: float = Field(300.0, gt=0, description="a Label stream with no request "
+                                         "for this long ends with DEADLINE_EXCEEDED")
 
     @model_validator(mode="after")
     def _topics_name_known_teachers(self) -> "ServiceConfig":

@@ -64,6 +64,7 @@ class LabelingCore:
         self.batchers: dict[str, MicroBatcher] = {}
         self.topics: dict[str, TopicRuntime] = {}
         self.sync: PolicySync | None = None
+        self.draining = asyncio.Event()  # set at shutdown: streams answer what is in flight, end
         self._sync_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self.groups: dict[str, set[str]] = {}  # consumer groups seen per topic (lag metric)

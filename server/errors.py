@@ -6,6 +6,7 @@
     ├── ConfigError                        (INVALID_ARGUMENT)  a config value or name is wrong
     ├── Overloaded                         (RESOURCE_EXHAUSTED) queue full; carries retry_after_s
     ├── TeacherUnavailable                 (UNAVAILABLE)       backend down or failing
+    ├── ShuttingDown                       (UNAVAILABLE)       the service is draining
     ├── Unauthenticated                    (UNAUTHENTICATED)
     └── PermissionDenied                   (PERMISSION_DENIED)
 
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Overloaded",
     "TeacherUnavailable",
+    "ShuttingDown",
     "Unauthenticated",
     "PermissionDenied",
 ]
@@ -69,6 +71,12 @@ class Overloaded(PseudostreamError):
 
 class TeacherUnavailable(PseudostreamError):
     """The teacher backend failed or cannot be reached; retrying later may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ShuttingDown(PseudostreamError):
+    """The service is stopping: in-flight requests were answered, resend the rest elsewhere."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

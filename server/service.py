@@ -7,13 +7,14 @@ import logging
 import time
 from typing import AsyncIterator
 
+import grpc
 from grpc import aio
 
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
 from pseudostream.server import codec
 from pseudostream.server.core import LabelingCore
-from pseudostream.server.errors import InvalidInput, PseudostreamError
+from pseudostream.server.errors import InvalidInput, PseudostreamError, ShuttingDown
 
 __all__ = ["LabelerServicer"]
 
@@ -21,6 +22,12 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_SUBSCRIBE_BATCH = 256
 _SUBSCRIBE_POLL_S = 0.5
+
+
+class _StreamIdle(PseudostreamError):
+    """A Label stream sent no request within ``stream_idle_timeout_s``."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def _discard_outcome(task: asyncio.Future) -> None:
@@ -64,13 +71,33 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                     item[1].add_done_callback(_discard_outcome)
 
     async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue) -> None:
+        config = self.core.config
+        idle_s = config.stream_idle_timeout_s
+        incoming = requests.__aiter__()
+        draining = asyncio.ensure_future(self.core.draining.wait())
         try:
-            async for request in requests:
+            while True:
+                step = asyncio.ensure_future(incoming.__anext__())
+                done, _ = await asyncio.wait({step, draining}, timeout=idle_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:
+                    step.cancel()
+                    if draining in done:  # answer what is in flight, then end the stream
+                        raise ShuttingDown("the service is shutting down; resend requests that "
+                                           "got no answer (to another replica)", retry_after_s=1.0)
+                    raise _StreamIdle(f"no request for {idle_s:g} s; open a new stream when you "
+                                      "have samples")
+                try:
+                    request = step.result()
+                except StopAsyncIteration:
+                    break
                 received = time.perf_counter()
                 topic = self.core.topic(request.topic)
                 teacher = self.core.backends[topic.config.teacher].metadata
                 parsed = codec.decode_label_request(request, teacher, topic.config.max_sample_bytes,
-                                                    topic.config.audit_label_key)
+                                                    topic.config.audit_label_key,
+                                                    max_request_samples=config.max_request_samples,
+                                                    nonfinite=topic.config.nonfinite)
                 # Labeling runs even if this client goes away: accepted labels reach the log.
                 await out.put((parsed, asyncio.ensure_future(self.core.label(parsed)), received))
         except PseudostreamError as exc:
@@ -80,6 +107,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
             log.debug("Label stream ended while reading: %s", exc)
             await out.put(None)
             return
+        finally:
+            draining.cancel()
         await out.put(None)
 
     async def Subscribe(self, request: pb.SubscribeRequest,
@@ -94,7 +123,7 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         assert label_log is not None
         max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
         try:
-            while not context.done():
+            while not context.done() and not self.core.draining.is_set():
                 records = await label_log.read(request.topic, request.group, request.consumer,
                                                max_batch, wait_s=_SUBSCRIBE_POLL_S)
                 if records:
