@@ -14,7 +14,9 @@ from typing import Any
 
 import grpc
 from grpc import aio
+
 from pseudostream.server.errors import PermissionDenied, Unauthenticated
+from pseudostream.server.limits import CLIENT
 from pseudostream.server.security import ANY_TOPIC, Principal, TokenStore
 
 __all__ = ["RPC_ROLES", "AuthInterceptor"]
@@ -119,6 +121,8 @@ class AuthInterceptor(aio.ServerInterceptor):
                 request = self._requests(rpc, role, principal, request)
             else:
                 self._check(rpc, role, principal, request)
+            if principal is not None:
+                CLIENT.set(principal.name)
             return await behavior(request, context)
 
         return unary
@@ -132,6 +136,8 @@ class AuthInterceptor(aio.ServerInterceptor):
                 request = self._requests(rpc, role, principal, request)
             else:
                 self._check(rpc, role, principal, request)
+            if principal is not None:
+                CLIENT.set(principal.name)
             async for response in behavior(request, context):
                 yield response
 

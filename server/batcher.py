@@ -30,6 +30,7 @@ class WorkItem:
     ids: Sequence[str]
     inputs: np.ndarray  # [n, *input_shape]
     metadata: Sequence[Mapping[str, str]] | None = None
+    trusted: bool = True  # from a producer the topic learns from
     future: asyncio.Future[Any] | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
 

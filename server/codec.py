@@ -38,6 +38,7 @@ class LabelInput:
     inputs: np.ndarray
     metadata: Sequence[Mapping[str, str]] | None
     request_id: str
+    trusted: bool = True  # may move the topic's statistics (TopicConfig.trusted_producers)
 
 
 def decode_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:

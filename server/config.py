@@ -116,6 +116,10 @@ class TopicConfig(_Strict):
         "decided and scored for quality but never logged for trainers")
     store_samples: bool = Field(True, description="keep sample tensors in the log for trainers")
     max_sample_bytes: int = Field(1 << 20, ge=1, description="largest accepted sample tensor")
+    trusted_producers: list[str] | None = Field(
+        None, description="clients (token names, else peer hosts) whose samples may move the "
+        "topic's statistics (policy state, and adaptation); others are decided but not learned "
+        "from. None: everyone (test-time poisoning is a known attack: list them in production)")
     nonfinite: Literal["reject", "sanitize"] = Field(
         "reject", description="NaN/Inf in float inputs: reject the request (INVALID_ARGUMENT) "
         "or sanitize (replace them with 0 on a copy and label it)")
@@ -160,6 +164,9 @@ class ServiceConfig(BaseSettings):
     label_log: LabelLogConfig = Field(default_factory=LabelLogConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     max_request_samples: int = Field(4096, ge=1, description="most samples in one LabelRequest")
+    rate_limit_samples_per_s: float | None = Field(
+        None, gt=0, description="per-client labeling rate (token bucket); None: unlimited")
+    rate_limit_burst: int = Field(4096, ge=1, description="per-client burst, in samples")
     stream_idle_timeout_s: float = Field(300.0, gt=0, description="a Label stream with no request "
                                          "for this long ends with DEADLINE_EXCEEDED")
 

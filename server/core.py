@@ -141,7 +141,8 @@ class LabelingCore:
             end = start + step
             meta = request.metadata[start:end] if request.metadata else None
             futures.append(batcher.submit(WorkItem(topic.name, request.ids[start:end],
-                                                   request.inputs[start:end], meta)))
+                                                   request.inputs[start:end], meta,
+                                                   trusted=request.trusted)))
         return LabelOutcome.concat(await asyncio.gather(*futures))
 
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> tuple[int, int]:

@@ -122,7 +122,9 @@ class TeacherPipeline:
         new = first[is_new]
         if new.size:
             meta = None if metadata is None else [metadata[k] for k in new]
-            d, offsets = await self._decide(topic, rows[new], ids[new], x, logits, probs, version, meta)
+            trusted = np.concatenate([np.full(i.size, i.trusted) for i in group])[new]
+            d, offsets = await self._decide(topic, rows[new], ids[new], x, logits, probs, version,
+                                            meta, trusted)
             parts.append((d, offsets, np.full(new.size, version, dtype=object)))
             if window:
                 blobs = encode_decisions(d, offsets, version)
@@ -143,11 +145,12 @@ class TeacherPipeline:
 
     async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
                       logits: np.ndarray, probs: np.ndarray, version: str,
-                      metadata: list[Mapping[str, str]] | None) -> tuple[Decisions, np.ndarray]:
+                      metadata: list[Mapping[str, str]] | None,
+                      trusted: np.ndarray) -> tuple[Decisions, np.ndarray]:
         """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else)."""
         views = await self._views(topic, x[rows], probs[rows]) if topic.views else None
         decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows],
-                                             views=views))
+                                             views=views), trusted)
         truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
         if truth is not None:
             topic.score_audit(decisions, truth)

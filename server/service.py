@@ -14,7 +14,8 @@ from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
 from pseudostream.server import codec
 from pseudostream.server.core import LabelingCore
-from pseudostream.server.errors import InvalidInput, PseudostreamError, ShuttingDown
+from pseudostream.server.errors import InvalidInput, Overloaded, PseudostreamError, ShuttingDown
+from pseudostream.server.limits import RateLimiter, client_of
 
 __all__ = ["LabelerServicer"]
 
@@ -40,6 +41,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
 
     def __init__(self, core: LabelingCore) -> None:
         self.core = core
+        rate = core.config.rate_limit_samples_per_s
+        self.limiter = RateLimiter(rate, core.config.rate_limit_burst) if rate else None
 
     async def Label(self, request_iterator: AsyncIterator[pb.LabelRequest],
                     context: aio.ServicerContext) -> AsyncIterator[pb.LabelResponse]:
@@ -48,7 +51,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         the responses to the requests before it."""
         inflight: asyncio.Queue = asyncio.Queue(maxsize=self.core.config.max_inflight_per_stream)
         latency = self.core.metrics.rpc_latency.labels("Label")  # per request: received -> answered
-        reader = asyncio.create_task(self._read_requests(request_iterator, inflight))
+        client = client_of(context.peer())
+        reader = asyncio.create_task(self._read_requests(request_iterator, inflight, client))
         try:
             while True:
                 item = await inflight.get()
@@ -70,7 +74,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                 if isinstance(item, tuple):
                     item[1].add_done_callback(_discard_outcome)
 
-    async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue) -> None:
+    async def _read_requests(self, requests: AsyncIterator[pb.LabelRequest], out: asyncio.Queue,
+                             client: str) -> None:
         config = self.core.config
         idle_s = config.stream_idle_timeout_s
         incoming = requests.__aiter__()
@@ -98,6 +103,12 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                                                     topic.config.audit_label_key,
                                                     max_request_samples=config.max_request_samples,
                                                     nonfinite=topic.config.nonfinite)
+                if self.limiter is not None and (wait := self.limiter.take(client, len(parsed.ids))):
+                    raise Overloaded(f"client {client!r} is over its rate limit of "
+                                     f"{self.limiter.rate:g} samples/s; retry in {wait:.2f} s",
+                                     retry_after_s=wait)
+                trusted = topic.config.trusted_producers
+                parsed.trusted = trusted is None or client in trusted
                 # Labeling runs even if this client goes away: accepted labels reach the log.
                 await out.put((parsed, asyncio.ensure_future(self.core.label(parsed)), received))
         except PseudostreamError as exc:

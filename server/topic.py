@@ -11,6 +11,7 @@ import numpy as np
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.config import TopicConfig
 from pseudostream.server.errors import ConfigError
+from pseudostream.server.idempotency import concat_decisions
 from pseudostream.server.labellog.base import LabelLog
 from pseudostream.server.selection import Decisions, PolicyBatch, ThresholdPolicy, make_policy
 from pseudostream.server.selection.dist_align import AlignedPolicy, DistributionAlignment
@@ -75,9 +76,20 @@ class TopicRuntime:
         """Weighted precision over audited samples: sum w 1[label = y] / sum w (0 if none)."""
         return self.audit_correct / self.audit_weight if self.audit_weight else 0.0
 
-    def select(self, batch: PolicyBatch) -> Decisions:
-        """Run the policy on one batch and count the outcome."""
-        d = self.policy.select(batch)
+    def select(self, batch: PolicyBatch, trusted: np.ndarray | None = None) -> Decisions:
+        """Run the policy on one batch and count the outcome. Rows not ``trusted`` are decided
+        under the current state but do not move it (untrusted producers cannot steer it)."""
+        if trusted is None or trusted.all():
+            return self._count(self.policy.select(batch))
+        if not trusted.any():
+            return self._count(self.policy.decide(batch))
+        order = np.concatenate([np.flatnonzero(trusted), np.flatnonzero(~trusted)])
+        parts = [self.policy.select(_rows(batch, trusted)), self.policy.decide(_rows(batch, ~trusted))]
+        position = np.empty(order.size, np.int64)
+        position[order] = np.arange(order.size)
+        return self._count(concat_decisions(parts).take(position))
+
+    def _count(self, d: Decisions) -> Decisions:
         c = self.teacher.num_classes
         self.samples += len(d)
         self.accepted += int(d.accept.sum())
@@ -132,6 +144,13 @@ class TopicRuntime:
                 setattr(self, key, values)
         log.info("topic %s: restored policy state after %d samples", self.name, self.samples)
         return True
+
+
+def _rows(batch: PolicyBatch, mask: np.ndarray) -> PolicyBatch:
+    """The rows of ``batch`` where ``mask`` is true."""
+    return PolicyBatch(probs=batch.probs[mask], ids=np.asarray(batch.ids, dtype=object)[mask],
+                       logits=None if batch.logits is None else batch.logits[mask],
+                       views=None if batch.views is None else batch.views[:, mask])
 
 
 def _json_default(value: Any) -> Any:
