@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 from pseudostream.server.errors import PermissionDenied, Unauthenticated
+from pseudostream.server.interceptors import rewrap
 from pseudostream.server.limits import CLIENT
 from pseudostream.server.security import ANY_TOPIC, Principal, TokenStore
 
@@ -65,20 +66,11 @@ class AuthInterceptor(aio.ServerInterceptor):
         rpc = details.method.rsplit("/", 1)[-1]
         role = RPC_ROLES.get(rpc, "admin") if details.method.startswith(SERVICE_PREFIX) else "admin"
         principal = self._authenticate(details)
-        if handler.request_streaming:
-            behavior = handler.stream_stream if handler.response_streaming else handler.stream_unary
-        else:
-            behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        wrapped = (self._wrap_streaming if handler.response_streaming else self._wrap_unary)(
-            rpc, role, principal, behavior, handler.request_streaming)
-        factory = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(handler.request_streaming, handler.response_streaming)]
-        return factory(wrapped, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        streaming_in = handler.request_streaming
+        return rewrap(
+            handler,
+            lambda behavior: self._wrap_unary(rpc, role, principal, behavior, streaming_in),
+            lambda behavior: self._wrap_streaming(rpc, role, principal, behavior, streaming_in))
 
     def _authenticate(self, details: grpc.HandlerCallDetails) -> Principal | None:
         token = _bearer(details.invocation_metadata)
@@ -112,17 +104,23 @@ class AuthInterceptor(aio.ServerInterceptor):
 
         return checked()
 
+    def _admit(self, rpc: str, role: str, principal: Principal | None, request: Any,
+               streaming_in: bool) -> Any:
+        """Check the call (each message of a request stream as it is read) and record who calls."""
+        if streaming_in:
+            if principal is None:
+                self._check(rpc, role, None, None)
+            request = self._requests(rpc, role, principal, request)
+        else:
+            self._check(rpc, role, principal, request)
+        if principal is not None:
+            CLIENT.set(principal.name)
+        return request
+
     def _wrap_unary(self, rpc: str, role: str, principal: Principal | None,
                     behavior: Callable[..., Awaitable[Any]], streaming_in: bool) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: aio.ServicerContext) -> Any:
-            if streaming_in:
-                if principal is None:
-                    self._check(rpc, role, None, None)
-                request = self._requests(rpc, role, principal, request)
-            else:
-                self._check(rpc, role, principal, request)
-            if principal is not None:
-                CLIENT.set(principal.name)
+            request = self._admit(rpc, role, principal, request, streaming_in)
             return await behavior(request, context)
 
         return unary
@@ -130,14 +128,7 @@ class AuthInterceptor(aio.ServerInterceptor):
     def _wrap_streaming(self, rpc: str, role: str, principal: Principal | None,
                         behavior: Callable[..., AsyncIterator[Any]], streaming_in: bool) -> Callable[..., AsyncIterator[Any]]:
         async def streaming(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            if streaming_in:
-                if principal is None:
-                    self._check(rpc, role, None, None)
-                request = self._requests(rpc, role, principal, request)
-            else:
-                self._check(rpc, role, principal, request)
-            if principal is not None:
-                CLIENT.set(principal.name)
+            request = self._admit(rpc, role, principal, request, streaming_in)
             async for response in behavior(request, context):
                 yield response
 

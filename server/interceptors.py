@@ -16,7 +16,7 @@ from grpc import aio
 from pseudostream.server.errors import PseudostreamError
 from pseudostream.server.metrics import ServiceMetrics
 
-__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY"]
+__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY", "rewrap"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ def _code(context: aio.ServicerContext) -> str:
     return "OK" if code is None else getattr(code, "name", str(code))
 
 
+def rewrap(handler: grpc.RpcMethodHandler,
+           wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+           wrap_streaming: Callable[[Callable[..., Any]], Callable[..., Any]]) -> grpc.RpcMethodHandler:
+    """The same RPC handler with its behavior wrapped (``wrap_streaming`` where the response
+    streams, else ``wrap_unary``); serializers kept. Shared by the service's interceptors."""
+    kind = (handler.request_streaming, handler.response_streaming)
+    behavior, factory = {
+        (False, False): (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (False, True): (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (True, False): (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (True, True): (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    }[kind]
+    wrapped = wrap_streaming(behavior) if handler.response_streaming else wrap_unary(behavior)
+    return factory(wrapped, request_deserializer=handler.request_deserializer,
+                   response_serializer=handler.response_serializer)
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Maps the exception tree to status codes and counts RPCs by method and code."""
 
@@ -52,18 +69,8 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         if handler is None or not details.method.startswith("/pseudostream."):
             return handler
         rpc = details.method.rsplit("/", 1)[-1]
-        if handler.response_streaming:
-            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-            wrapped = self._wrap_streaming(rpc, behavior)
-            factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming \
-                else grpc.unary_stream_rpc_method_handler
-        else:
-            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
-            wrapped = self._wrap_unary(rpc, behavior)
-            factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming \
-                else grpc.unary_unary_rpc_method_handler
-        return factory(wrapped, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        return rewrap(handler, lambda behavior: self._wrap_unary(rpc, behavior),
+                      lambda behavior: self._wrap_streaming(rpc, behavior))
 
     def _wrap_unary(self, rpc: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: aio.ServicerContext) -> Any:

@@ -181,3 +181,27 @@ def require_triton() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{what} not installed (CI=true): .ci/run must install the [triton] extra")
         pytest.skip(f"{what} not installed: pip install -e '.[triton]' (bundles a CPU tritonserver)")
+
+
+@pytest.fixture
+def steady_producer() -> Callable[..., Any]:
+    """``await steady_producer(address, x, rounds, prefix="good")``: one stream sending ``rounds``
+    requests of ``x`` 10 ms apart; returns how many decisions came back (to show a client
+    streaming beside a misbehaving one loses nothing)."""
+    import asyncio
+
+    from pseudostream.clients.client import AsyncLabelerClient, make_label_request
+
+    async def run(address: str, x: np.ndarray, rounds: int, prefix: str = "good") -> int:
+        async def requests():
+            for r in range(rounds):
+                yield make_label_request("digits", x, [f"{prefix}-{r}-{i}" for i in range(len(x))])
+                await asyncio.sleep(0.01)
+
+        decided = 0
+        async with AsyncLabelerClient(address) as client:
+            async for result in client.label_stream(requests()):
+                decided += len(result)
+        return decided
+
+    return run

@@ -48,23 +48,10 @@ def _requests() -> dict[str, tuple[pb.LabelRequest, grpc.StatusCode, str]]:
     }
 
 
-async def _steady_producer(address: str, x: np.ndarray, rounds: int) -> int:
-    async def requests():
-        for r in range(rounds):
-            yield make_label_request("digits", x, [f"good-{r}-{i}" for i in range(len(x))])
-            await asyncio.sleep(0.01)
-
-    decided = 0
-    async with AsyncLabelerClient(address) as client:
-        async for result in client.label_stream(requests()):
-            decided += len(result)
-    return decided
-
-
-async def test_each_bad_request_gets_its_status_while_another_stream_runs(make_config, digits):
+async def test_each_bad_request_gets_its_status_while_another_stream_runs(make_config, digits, steady_producer):
     x = np.ascontiguousarray(digits.stream_x[:8])
     async with LabelingServer(make_config()) as server:
-        steady = asyncio.create_task(_steady_producer(server.address, x, rounds=40))
+        steady = asyncio.create_task(steady_producer(server.address, x, rounds=40))
         async with AsyncLabelerClient(server.address) as client:
             for name, (request, code, words) in _requests().items():
                 with pytest.raises(grpc.aio.AioRpcError) as info:

@@ -22,19 +22,6 @@ pytestmark = pytest.mark.integration
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _steady_producer(address: str, x: np.ndarray, rounds: int, prefix: str = "good") -> int:
-    async def requests():
-        for r in range(rounds):
-            yield make_label_request("digits", x, [f"{prefix}-{r}-{i}" for i in range(len(x))])
-            await asyncio.sleep(0.01)
-
-    decided = 0
-    async with AsyncLabelerClient(address) as client:
-        async for result in client.label_stream(requests()):
-            decided += len(result)
-    return decided
-
-
 def _zeros(n: int) -> np.ndarray:
     return np.zeros((n, 1, 8, 8), np.float32)
 
@@ -78,11 +65,11 @@ def _limit_requests() -> dict[str, tuple[pb.LabelRequest, grpc.StatusCode, str]]
     }
 
 
-async def test_each_limit_gets_its_status_while_another_stream_runs(make_config, digits):
+async def test_each_limit_gets_its_status_while_another_stream_runs(make_config, digits, steady_producer):
     x = np.ascontiguousarray(digits.stream_x[:8])
     config = make_config(max_request_samples=16, max_message_bytes=1 << 20)
     async with LabelingServer(config) as server:
-        steady = asyncio.create_task(_steady_producer(server.address, x, rounds=40))
+        steady = asyncio.create_task(steady_producer(server.address, x, rounds=40))
         async with AsyncLabelerClient(server.address) as client:
             for name, (request, code, words) in _limit_requests().items():
                 with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -100,7 +87,7 @@ async def test_each_limit_gets_its_status_while_another_stream_runs(make_config,
             assert len(await client.label("digits", x, ids=_ids(8, "after"))) == 8
 
 
-async def test_nonfinite_sanitize_labels_as_zeros(make_config, digits):
+async def test_nonfinite_sanitize_labels_as_zeros(make_config, digits, steady_producer):
     x = np.ascontiguousarray(digits.stream_x[:6])
     dirty = x.copy()
     dirty[0, 0, 0, 0] = np.nan
@@ -109,7 +96,7 @@ async def test_nonfinite_sanitize_labels_as_zeros(make_config, digits):
     clean = np.nan_to_num(dirty, nan=0.0, posinf=0.0, neginf=0.0)
     config = make_config(topics={"digits": {"teacher": "digits-cnn", "nonfinite": "sanitize"}})
     async with LabelingServer(config) as server:
-        steady = asyncio.create_task(_steady_producer(server.address, x, rounds=20))
+        steady = asyncio.create_task(steady_producer(server.address, x, rounds=20))
         async with AsyncLabelerClient(server.address) as client:
             got = await client.label("digits", dirty, ids=_ids(6, "dirty"))
             want = await client.label("digits", clean, ids=_ids(6, "clean"))
@@ -119,10 +106,10 @@ async def test_nonfinite_sanitize_labels_as_zeros(make_config, digits):
     np.testing.assert_allclose(got.confidence, want.confidence, rtol=1e-6)
 
 
-async def test_idle_stream_ends_with_deadline_exceeded(make_config, digits):
+async def test_idle_stream_ends_with_deadline_exceeded(make_config, digits, steady_producer):
     x = np.ascontiguousarray(digits.stream_x[:4])
     async with LabelingServer(make_config(stream_idle_timeout_s=0.5)) as server:
-        steady = asyncio.create_task(_steady_producer(server.address, x, rounds=100))
+        steady = asyncio.create_task(steady_producer(server.address, x, rounds=100))
 
         async def one_then_silence():
             yield make_label_request("digits", x, _ids(4, "idle"))
@@ -143,13 +130,13 @@ async def test_idle_stream_ends_with_deadline_exceeded(make_config, digits):
         assert await steady == 100 * len(x)  # requests every 10 ms: never idle, never cut
 
 
-async def test_client_cancelling_mid_batch_loses_no_accepted_label(make_config, digits):
+async def test_client_cancelling_mid_batch_loses_no_accepted_label(make_config, digits, steady_producer):
     x = np.ascontiguousarray(digits.stream_x[:32])
     small = np.ascontiguousarray(digits.stream_x[:8])
     config = make_config(topics={"digits": {"teacher": "digits-cnn",
                                             "policy": {"name": "fixed", "params": {"tau": 0.0}}}})
     async with LabelingServer(config) as server:
-        steady = asyncio.create_task(_steady_producer(server.address, small, rounds=60))
+        steady = asyncio.create_task(steady_producer(server.address, small, rounds=60))
 
         async def many():
             for r in range(200):
