@@ -11,7 +11,7 @@ import pytest
 
 PACKAGES = ["pseudostream", "pseudostream.server", "pseudostream.clients", "pseudostream.models",
             "pseudostream.server.selection", "pseudostream.server.labellog",
-            "pseudostream.server.backends", "pseudostream.proto.v1"]
+            "pseudostream.server.backends", "pseudostream.server.adaptation", "pseudostream.proto.v1"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
