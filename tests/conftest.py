@@ -18,13 +18,30 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER_CACHE = REPO / ".cache" / "teachers" / "digits-cnn"
 
 
+def build_teacher_in_child(out: Path, seed: int = 0) -> Path:
+    """Build (or reuse the cached) demo teacher at ``out`` in a child process.
+
+    The ONNX exporter parses source with ``ast``; on CPython 3.11.7 that races with any other
+    thread formatting a traceback (gh-106905, "AST constructor recursion depth mismatch"). A test
+    process has such threads (servers, clients), so teachers are built where none run.
+    """
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pseudostream.clients.cli", "teacher", "build-demo",
+                    "--out", str(out), "--seed", str(seed)], check=True, capture_output=True, timeout=600)
+    return out
+
+
 @pytest.fixture(scope="session")
 def teacher_dir() -> Path:
     """The demo teacher (model.onnx + teacher.json), built on first use and cached like make demo."""
-    from pseudostream.models.demo_teacher import build_demo_teacher
+    return build_teacher_in_child(TEACHER_CACHE)
 
-    build_demo_teacher(TEACHER_CACHE)
-    return TEACHER_CACHE
+
+@pytest.fixture(scope="session")
+def second_teacher() -> Path:
+    """The demo recipe with another seed: same signature, other weights (cached like the first)."""
+    return build_teacher_in_child(TEACHER_CACHE.with_name("digits-cnn-seed1"), seed=1)
 
 
 @pytest.fixture(scope="session")

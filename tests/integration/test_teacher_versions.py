@@ -17,16 +17,6 @@ from pseudostream.server.app import LabelingServer
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def second_teacher(tmp_path_factory):
-    """The demo recipe with another seed: same signature, other weights."""
-    from pseudostream.models.demo_teacher import build_demo_teacher
-
-    out = tmp_path_factory.mktemp("teacher-seed1")
-    build_demo_teacher(out, seed=1)
-    return out
-
-
 async def _stream(target: str, x: np.ndarray, prefix: str, results: list) -> None:
     async def requests():
         for r in range(30):

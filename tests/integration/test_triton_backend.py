@@ -136,11 +136,8 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
     assert again.accepted.all() and again.offset.min() >= len(accepted)
 
 
-async def test_publish_on_triton_while_streaming(make_config, triton, digits, tmp_path_factory):
-    from pseudostream.models.demo_teacher import build_demo_teacher
-
-    second = tmp_path_factory.mktemp("seed1")
-    build_demo_teacher(second, seed=1)
+async def test_publish_on_triton_while_streaming(make_config, triton, digits, second_teacher):
+    second = second_teacher
     x = np.ascontiguousarray(digits.stream_x[:16])
     config = _triton_config(make_config, triton, policy={"name": "fixed", "params": {"tau": 0.0}})
     async with LabelingServer(config) as server:
