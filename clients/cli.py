@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from pseudostream.clients import cli_lineage  # noqa: F401  (registers teacher propose/history)
 from pseudostream.clients.cli_admin import DEFAULT_TEACHER_DIR, teacher_app, triton_app
 
 app = typer.Typer(help="pseudostream: online pseudo-labeling service.", no_args_is_help=True,

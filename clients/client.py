@@ -139,6 +139,18 @@ class AsyncLabelerClient:
         """Admin: serve an earlier version of ``teacher`` again."""
         return await self._stub.RollbackTeacher(pb.RollbackTeacherRequest(teacher=teacher, version=version))
 
+    async def propose_teacher(self, topic: str, model_onnx: bytes, *, trained_from: int = 0,
+                              trained_to: int = 0, note: str = "") -> pb.ProposalResult:
+        """Admin: propose a student (its model.onnx bytes) as ``topic``'s next teacher; the
+        service promotes it only if it passes the topic's audit gate (see ``.promoted``)."""
+        return await self._stub.ProposeTeacher(pb.ProposeTeacherRequest(
+            topic=topic, model_onnx=model_onnx, trained_from_offset=trained_from,
+            trained_to_offset=trained_to, note=note))
+
+    async def teacher_history(self, teacher: str) -> pb.TeacherHistoryResponse:
+        """Admin: every version of ``teacher`` and every judged candidate, oldest first."""
+        return await self._stub.TeacherHistory(pb.TeacherHistoryRequest(teacher=teacher))
+
     async def get_topic(self, topic: str, groups: Sequence[str] = ()) -> pb.TopicState:
         """The topic's live state."""
         return await self._stub.GetTopic(pb.GetTopicRequest(topic=topic, groups=list(groups)))

@@ -1,16 +1,17 @@
 """Temperature scaling and its figures of merit (Guo et al. 2017; gpleiss/temperature_scaling).
 
 One scalar T divides a teacher's logits before the softmax. It is fitted by minimising the NLL
-on held-out labelled logits with LBFGS (T initialised to 1.5, lr 0.01, 50 iterations), as in
-gpleiss/temperature_scaling, with one deliberate change: a strong-Wolfe line search. Without it,
-LBFGS takes steps of lr times the quasi-Newton step, so 50 iterations of lr 0.01 move T only part
-of the way to the optimum (gpleiss/temperature_scaling issues #28 and #34); the line search only
-picks the step length and converges to the same minimiser.
+on held-out labelled logits, as gpleiss/temperature_scaling does with LBFGS. We minimise the same
+objective differently: as a function of the inverse temperature b = 1/T the NLL,
+mean(logsumexp(b z) - b z_y), is convex (log-sum-exp of a linear function of b), so a
+golden-section search on b over [1/MAX_TEMPERATURE, 1/MIN_TEMPERATURE] finds the global minimiser
+to any tolerance with plain numpy. That keeps this module torch-free: the service imports it to
+refit the temperature of a promoted teacher on a topic's audit slice (server/gate.py).
 
 With few calibration samples the fit can degenerate. If the teacher makes no error on them, the
 NLL keeps falling as T -> 0 and has no minimiser: the fit is skipped and T = 1 kept (a warning is
 logged), rather than returning a near-zero T that would make every prediction look certain.
-Otherwise T is clamped to [``MIN_TEMPERATURE``, ``MAX_TEMPERATURE``], with a warning if clamped.
+Otherwise T lies in [``MIN_TEMPERATURE``, ``MAX_TEMPERATURE``], with a warning at a bound.
 """
 
 from __future__ import annotations
@@ -19,24 +20,19 @@ import logging
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 __all__ = [
     "fit_temperature",
     "expected_calibration_error",
     "nll",
     "scaled_softmax",
-    "INITIAL_TEMPERATURE",
     "MIN_TEMPERATURE",
     "MAX_TEMPERATURE",
 ]
 
 logger = logging.getLogger(__name__)
 
-INITIAL_TEMPERATURE = 1.5
-LBFGS_LR = 0.01
-LBFGS_MAX_ITER = 50
+SEARCH_TOLERANCE = 1e-7  # on the inverse temperature
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
 
@@ -95,9 +91,9 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fit the temperature T minimising the NLL of softmax(logits / T) on held-out ``labels``.
 
-    Returns T clamped to [MIN_TEMPERATURE, MAX_TEMPERATURE] (a warning is logged when clamped).
-    Returns 1 (with a warning) when every sample is classified correctly, since the NLL then has
-    no minimiser, or when the optimiser fails to produce a finite T no worse than T = 1.
+    Returns T in [MIN_TEMPERATURE, MAX_TEMPERATURE] (a warning is logged at a bound). Returns 1
+    (with a warning) when every sample is classified correctly, since the NLL then has no
+    minimiser.
     """
     logits, labels = _check(logits, labels)
     if np.all(logits.argmax(axis=1) == labels):
@@ -107,36 +103,29 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
             len(labels),
         )
         return 1.0
-    z = torch.as_tensor(logits)
-    y = torch.as_tensor(labels)
-    temperature = torch.nn.Parameter(torch.full((1,), INITIAL_TEMPERATURE, dtype=torch.float64))
-    optimizer = torch.optim.LBFGS(
-        [temperature], lr=LBFGS_LR, max_iter=LBFGS_MAX_ITER, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        # |T| keeps the objective defined should a line-search probe step past zero; the
-        # result is clamped to a positive range below.
-        loss = F.cross_entropy(z / temperature.abs().clamp_min(1e-6), y)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    fitted = abs(float(temperature.detach()))
+    lo, hi = 1.0 / MAX_TEMPERATURE, 1.0 / MIN_TEMPERATURE  # bracket on b = 1/T
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(logits, labels, 1.0 / a), nll(logits, labels, 1.0 / b)
+    while hi - lo > SEARCH_TOLERANCE:
+        if fa < fb:  # convex: the minimiser lies left of b
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(logits, labels, 1.0 / a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(logits, labels, 1.0 / b)
+    fitted = 2.0 / (lo + hi)
     before = nll(logits, labels, 1.0)
-    if not math.isfinite(fitted) or not nll(logits, labels, max(fitted, 1e-6)) <= before + 1e-9:
-        logger.warning("temperature fit failed (T=%s); keeping T=1", fitted)
-        return 1.0
-    clamped = min(max(fitted, MIN_TEMPERATURE), MAX_TEMPERATURE)
-    if clamped != fitted:
+    if fitted >= MAX_TEMPERATURE * (1 - 1e-6) or fitted <= MIN_TEMPERATURE * (1 + 1e-6):
         logger.warning(
-            "fitted temperature %.4g clamped to %.4g: the calibration set (%d samples) is "
-            "nearly degenerate; hold out more labelled samples",
-            fitted, clamped, len(labels),
+            "fitted temperature %.4g is at a bound of [%g, %g]: the calibration set (%d samples) "
+            "is nearly degenerate; hold out more labelled samples",
+            fitted, MIN_TEMPERATURE, MAX_TEMPERATURE, len(labels),
         )
     logger.info(
         "temperature %.4f: NLL %.4f -> %.4f on %d samples",
-        clamped, before, nll(logits, labels, clamped), len(labels),
+        fitted, before, nll(logits, labels, fitted), len(labels),
     )
-    return clamped
+    return fitted

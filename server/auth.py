@@ -34,9 +34,11 @@ RPC_ROLES: dict[str, str] = {
     "GetTopic": "admin",
     "PublishTeacher": "admin",
     "RollbackTeacher": "admin",
+    "ProposeTeacher": "admin",
+    "TeacherHistory": "admin",
 }
 # RPCs whose request names a teacher, not a topic: admin on '*' or on a topic that teacher serves.
-TEACHER_RPCS = frozenset({"PublishTeacher", "RollbackTeacher"})
+TEACHER_RPCS = frozenset({"PublishTeacher", "RollbackTeacher", "TeacherHistory"})
 
 UNAUTHENTICATED = "missing or invalid bearer token: send `authorization: Bearer <token>`"
 

@@ -101,6 +101,24 @@ class ViewsConfig(_Strict):
     seed: int = 0
 
 
+class AuditConfig(_Strict):
+    """A topic's audit slice (labelled samples kept server-side, never streamed to trainers) and
+    the promotion gate a proposed teacher must pass on it (server/gate.py)."""
+
+    path: Path = Field(description=".npz with x [N, *input_shape] and y [N] (class indices)")
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="a candidate may be at most "
+                                     "this much less accurate than the served teacher")
+    max_ece_increase: float = Field(0.02, ge=0, le=1, description="... and at most this much "
+                                    "worse calibrated (ECE after each one's temperature refit)")
+
+
+class EmaConfig(_Strict):
+    """Serve an EMA of proposed students: theta_t <- m theta_t + (1 - m) theta_s (server/ema.py)."""
+
+    momentum: float = Field(0.9, ge=0, lt=1)
+    every: int = Field(1, ge=1, description="gate and publish the EMA after every N proposals")
+
+
 class TopicConfig(_Strict):
     """One labeling stream: a teacher, a threshold policy and its label-log topic."""
 
@@ -120,6 +138,8 @@ class TopicConfig(_Strict):
         None, description="clients (token names, else peer hosts) whose samples may move the "
         "topic's statistics (policy state, and adaptation); others are decided but not learned "
         "from. None: everyone (test-time poisoning is a known attack: list them in production)")
+    audit: AuditConfig | None = Field(None, description="audit slice and promotion gate")
+    ema: EmaConfig | None = Field(None, description="served teacher = EMA of proposed students")
     nonfinite: Literal["reject", "sanitize"] = Field(
         "reject", description="NaN/Inf in float inputs: reject the request (INVALID_ARGUMENT) "
         "or sanitize (replace them with 0 on a copy and label it)")
@@ -159,6 +179,8 @@ class ServiceConfig(BaseSettings):
                             description="this process's name among replicas sharing a label log")
     policy_sync_s: float = Field(5.0, gt=0, description="with a shared (redis) label log: how "
                                  "often replicas merge their policy statistics")
+    work_dir: Path = Field(Path(".pseudostream"), description="candidate teachers, EMA "
+                           "weights and adapted versions are kept here")
     teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
     topics: dict[str, TopicConfig] = Field(default_factory=dict)
     label_log: LabelLogConfig = Field(default_factory=LabelLogConfig)

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from pseudostream.server.backends import TeacherBackend, make_backend
@@ -22,6 +23,8 @@ from pseudostream.server.labellog.factory import make_label_log
 from pseudostream.server.metrics import ServiceMetrics
 from pseudostream.server.pipeline import LabelOutcome, TeacherPipeline
 from pseudostream.server.policy_sync import PolicySync
+from pseudostream.server.promotion import Promoter
+from pseudostream.server.lineage import VersionRecord
 from pseudostream.server.topic import TopicRuntime
 
 __all__ = ["LabelingCore", "TopicSnapshot"]
@@ -49,6 +52,8 @@ class TopicSnapshot:
     audited: int = 0
     group_lag: dict[str, int] = field(default_factory=dict)
     group_committed: dict[str, int] = field(default_factory=dict)
+    input_shape: list[int] = field(default_factory=list)
+    input_dtype: str = ""
 
 
 class LabelingCore:
@@ -68,6 +73,8 @@ class LabelingCore:
         self._sync_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self.groups: dict[str, set[str]] = {}  # consumer groups seen per topic (lag metric)
+        self.dirs: dict[str, dict[str, Path]] = {}  # teacher -> version -> its folder, when known
+        self.promoter = Promoter(self)
         self.ready = False
 
     async def start(self) -> None:
@@ -78,6 +85,8 @@ class LabelingCore:
             await backend.start()
             self.backends[name] = backend
             self.metrics.teacher.labels(name).info({"version": backend.metadata.version})
+            if tcfg.model_dir is not None:
+                self.dirs[name] = {backend.metadata.version: Path(tcfg.model_dir)}
         for name, topic_cfg in self.config.topics.items():
             teacher = self.backends[topic_cfg.teacher].metadata
             topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
@@ -85,6 +94,7 @@ class LabelingCore:
             self.topics[name] = topic
             self.metrics.register_topic(name)
         self.metrics.track_topics(lambda: list(self.topics.values()))
+        await self.promoter.start()
         for name, tcfg in self.config.teachers.items():
             topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
             pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
@@ -205,7 +215,12 @@ class LabelingCore:
             known = ", ".join(sorted(self.backends)) or "(none)"
             raise UnknownName(f"unknown teacher {teacher!r}; configured teachers: {known}") from None
 
-    async def publish(self, teacher: str, model_dir: str) -> str:
+    def model_dir(self, teacher: str) -> Path | None:
+        """The folder of the version ``teacher`` serves now, when the service knows it."""
+        return self.dirs.get(teacher, {}).get(self.backend(teacher).metadata.version)
+
+    async def publish(self, teacher: str, model_dir: str, *, record_lineage: bool = True,
+                      proposer: str = "anonymous") -> str:
         """Serve the teacher in ``model_dir`` as a new version, after checking it has the served
         teacher's signature (input shape and dtype, classes)."""
         from pseudostream.models.card import TeacherCard
@@ -223,16 +238,31 @@ class LabelingCore:
         if mismatches:
             raise InvalidInput(f"publish: {model_dir} does not fit teacher {teacher!r}: "
                                + "; ".join(mismatches))
+        parent = current.version
         version = await backend.load_version(model_dir)
+        self.dirs.setdefault(teacher, {})[version] = Path(model_dir)
         self.metrics.teacher.labels(teacher).info({"version": version})
         log.info("teacher %s now serves version %s from %s", teacher, version, model_dir)
+        if record_lineage:
+            await self.promoter.lineage(teacher).append(VersionRecord(
+                version=version, parent=parent, origin="publish", decision="served",
+                proposer=proposer, note=str(model_dir), candidate_id=card.fingerprint))
         return version
 
-    async def rollback(self, teacher: str, version: str) -> str:
+    async def rollback(self, teacher: str, version: str, proposer: str = "anonymous") -> str:
         """Serve an earlier version of ``teacher`` again."""
-        served = await self.backend(teacher).rollback(version)
+        backend = self.backend(teacher)
+        parent = backend.metadata.version
+        served = await backend.rollback(version)
         self.metrics.teacher.labels(teacher).info({"version": served})
+        await self.promoter.lineage(teacher).append(VersionRecord(
+            version=served, parent=parent, origin="rollback", decision="served", proposer=proposer))
         return served
+
+    async def history(self, teacher: str) -> list[VersionRecord]:
+        """Every lineage record of ``teacher``, oldest first."""
+        self.backend(teacher)
+        return await self.promoter.lineage(teacher).records()
 
     async def snapshot(self, name: str, groups: Sequence[str] = ()) -> TopicSnapshot:
         """GetTopic: live policy, thresholds, counts, teacher version and lag."""
@@ -253,6 +283,8 @@ class LabelingCore:
             quantity=topic.quantity,
             quality=topic.quality,
             audited=topic.audited,
+            input_shape=list(self.backends[topic.config.teacher].metadata.input_shape),
+            input_dtype=self.backends[topic.config.teacher].metadata.input_dtype.name,
         )
         for group in groups:
             snap.group_lag[group] = await self.log.lag(name, group)

@@ -28,6 +28,7 @@ __all__ = [
     "ShuttingDown",
     "Unauthenticated",
     "PermissionDenied",
+    "NotReady",
 ]
 
 
@@ -58,6 +59,12 @@ class ConfigError(PseudostreamError, ValueError):
     """A configuration value is invalid, or a registry name is unknown."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotReady(PseudostreamError):
+    """The request is valid but the service is not set up for it (e.g. no audit slice)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class Overloaded(PseudostreamError):

@@ -12,7 +12,7 @@ from grpc import aio
 
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
-from pseudostream.server import codec
+from pseudostream.server import admin_codec, codec
 from pseudostream.server.core import LabelingCore
 from pseudostream.server.errors import InvalidInput, Overloaded, PseudostreamError, ShuttingDown
 from pseudostream.server.limits import RateLimiter, client_of
@@ -161,15 +161,34 @@ class LabelerServicer(pb_grpc.LabelerServicer):
 
     async def PublishTeacher(self, request: pb.PublishTeacherRequest,
                              context: aio.ServicerContext) -> pb.TeacherVersion:
-        version = await self.core.publish(request.teacher, request.model_dir)
+        version = await self.core.publish(request.teacher, request.model_dir,
+                                          proposer=client_of(context.peer()))
         return pb.TeacherVersion(teacher=request.teacher, version=version,
                                  versions=self.core.backend(request.teacher).versions)
 
     async def RollbackTeacher(self, request: pb.RollbackTeacherRequest,
                               context: aio.ServicerContext) -> pb.TeacherVersion:
-        version = await self.core.rollback(request.teacher, request.version)
+        version = await self.core.rollback(request.teacher, request.version,
+                                           proposer=client_of(context.peer()))
         return pb.TeacherVersion(teacher=request.teacher, version=version,
                                  versions=self.core.backend(request.teacher).versions)
+
+    async def ProposeTeacher(self, request: pb.ProposeTeacherRequest,
+                             context: aio.ServicerContext) -> pb.ProposalResult:
+        out = await self.core.promoter.propose(
+            request.topic, request.model_onnx, trained_from=request.trained_from_offset,
+            trained_to=request.trained_to_offset, proposer=client_of(context.peer()), note=request.note)
+        return pb.ProposalResult(
+            promoted=out.promoted, version=out.version, reason=out.reason,
+            candidate=admin_codec.audit_figures(out.candidate), current=admin_codec.audit_figures(out.current),
+            candidate_id=out.candidate_id, ema=out.ema)
+
+    async def TeacherHistory(self, request: pb.TeacherHistoryRequest,
+                             context: aio.ServicerContext) -> pb.TeacherHistoryResponse:
+        records = await self.core.history(request.teacher)
+        return pb.TeacherHistoryResponse(
+            teacher=request.teacher, served_version=self.core.backend(request.teacher).metadata.version,
+            records=[admin_codec.version_record(r) for r in records])
 
     async def GetTopic(self, request: pb.GetTopicRequest, context: aio.ServicerContext) -> pb.TopicState:
         snap = await self.core.snapshot(request.topic, list(request.groups))

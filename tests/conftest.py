@@ -85,6 +85,7 @@ def make_config(tmp_path: Path, teacher_dir: Path) -> Callable[..., Any]:
                                         "max_delay_ms": 2.0, "intra_op_threads": 1}},
             "topics": {"digits": {"teacher": "digits-cnn"}},
             "label_log": {"path": tmp_path / "labels.db", "visibility_timeout_s": 5.0},
+            "work_dir": tmp_path / "work",
         }
         return ServiceConfig(**_merge(base, overrides))
 

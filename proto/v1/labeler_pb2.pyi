@@ -169,7 +169,7 @@ class GetTopicRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TopicState(_message.Message):
-    __slots__ = ("topic", "teacher", "teacher_version", "policy", "thresholds", "classes", "samples", "accepted", "accepted_per_class", "log_end_offset", "group_lag", "group_committed", "predicted_per_class", "quantity", "quality", "audited")
+    __slots__ = ("topic", "teacher", "teacher_version", "policy", "thresholds", "classes", "samples", "accepted", "accepted_per_class", "log_end_offset", "group_lag", "group_committed", "predicted_per_class", "quantity", "quality", "audited", "input_shape", "input_dtype")
     class GroupLagEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,8 @@ class TopicState(_message.Message):
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     AUDITED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     topic: str
     teacher: str
     teacher_version: str
@@ -216,7 +218,9 @@ class TopicState(_message.Message):
     quantity: float
     quality: float
     audited: int
-    def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ..., predicted_per_class: _Optional[_Iterable[int]] = ..., quantity: _Optional[float] = ..., quality: _Optional[float] = ..., audited: _Optional[int] = ...) -> None: ...
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    input_dtype: str
+    def __init__(self, topic: _Optional[str] = ..., teacher: _Optional[str] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., thresholds: _Optional[_Iterable[float]] = ..., classes: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., accepted: _Optional[int] = ..., accepted_per_class: _Optional[_Iterable[int]] = ..., log_end_offset: _Optional[int] = ..., group_lag: _Optional[_Mapping[str, int]] = ..., group_committed: _Optional[_Mapping[str, int]] = ..., predicted_per_class: _Optional[_Iterable[int]] = ..., quantity: _Optional[float] = ..., quality: _Optional[float] = ..., audited: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("topic", "group", "consumer", "offsets", "loss_before", "loss_after", "audit_offsets", "audit_labels", "step")
@@ -275,3 +279,93 @@ class TeacherVersion(_message.Message):
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, teacher: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProposeTeacherRequest(_message.Message):
+    __slots__ = ("topic", "model_onnx", "trained_from_offset", "trained_to_offset", "note")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ONNX_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_TO_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    model_onnx: bytes
+    trained_from_offset: int
+    trained_to_offset: int
+    note: str
+    def __init__(self, topic: _Optional[str] = ..., model_onnx: _Optional[bytes] = ..., trained_from_offset: _Optional[int] = ..., trained_to_offset: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+
+class AuditFigures(_message.Message):
+    __slots__ = ("accuracy", "ece", "temperature", "samples")
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ECE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    accuracy: float
+    ece: float
+    temperature: float
+    samples: int
+    def __init__(self, accuracy: _Optional[float] = ..., ece: _Optional[float] = ..., temperature: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class ProposalResult(_message.Message):
+    __slots__ = ("promoted", "version", "reason", "candidate", "current", "candidate_id", "ema")
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    EMA_FIELD_NUMBER: _ClassVar[int]
+    promoted: bool
+    version: str
+    reason: str
+    candidate: AuditFigures
+    current: AuditFigures
+    candidate_id: str
+    ema: bool
+    def __init__(self, promoted: bool = ..., version: _Optional[str] = ..., reason: _Optional[str] = ..., candidate: _Optional[_Union[AuditFigures, _Mapping]] = ..., current: _Optional[_Union[AuditFigures, _Mapping]] = ..., candidate_id: _Optional[str] = ..., ema: bool = ...) -> None: ...
+
+class TeacherHistoryRequest(_message.Message):
+    __slots__ = ("teacher",)
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    def __init__(self, teacher: _Optional[str] = ...) -> None: ...
+
+class VersionRecord(_message.Message):
+    __slots__ = ("version", "parent", "origin", "proposer", "topic", "trained_from_offset", "trained_to_offset", "audit", "decision", "reason", "created_at", "candidate_id", "note")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_TO_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    parent: str
+    origin: str
+    proposer: str
+    topic: str
+    trained_from_offset: int
+    trained_to_offset: int
+    audit: AuditFigures
+    decision: str
+    reason: str
+    created_at: float
+    candidate_id: str
+    note: str
+    def __init__(self, version: _Optional[str] = ..., parent: _Optional[str] = ..., origin: _Optional[str] = ..., proposer: _Optional[str] = ..., topic: _Optional[str] = ..., trained_from_offset: _Optional[int] = ..., trained_to_offset: _Optional[int] = ..., audit: _Optional[_Union[AuditFigures, _Mapping]] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[float] = ..., candidate_id: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class TeacherHistoryResponse(_message.Message):
+    __slots__ = ("teacher", "served_version", "records")
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    teacher: str
+    served_version: str
+    records: _containers.RepeatedCompositeFieldContainer[VersionRecord]
+    def __init__(self, teacher: _Optional[str] = ..., served_version: _Optional[str] = ..., records: _Optional[_Iterable[_Union[VersionRecord, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,16 @@ class LabelerStub(object):
                 request_serializer=pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.SerializeToString,
                 response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
                 _registered_method=True)
+        self.ProposeTeacher = channel.unary_unary(
+                '/pseudostream.v1.Labeler/ProposeTeacher',
+                request_serializer=pseudostream_dot_v1_dot_labeler__pb2.ProposeTeacherRequest.SerializeToString,
+                response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.ProposalResult.FromString,
+                _registered_method=True)
+        self.TeacherHistory = channel.unary_unary(
+                '/pseudostream.v1.Labeler/TeacherHistory',
+                request_serializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryRequest.SerializeToString,
+                response_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class LabelerServicer(object):
@@ -129,6 +139,23 @@ class LabelerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeTeacher(self, request, context):
+        """Admin: propose a candidate teacher for a topic (a trained student, as ONNX bytes). It must
+        have the served teacher's signature (else INVALID_ARGUMENT); it is scored on the topic's
+        audit slice beside the served teacher and promoted only if the gate passes. With an EMA
+        teacher configured, the candidate updates the EMA weights and the EMA is what gets gated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TeacherHistory(self, request, context):
+        """Admin: every version of a teacher with its lineage (parent, origin, audit figures).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabelerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +193,16 @@ def add_LabelerServicer_to_server(servicer, server):
                     servicer.RollbackTeacher,
                     request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.FromString,
                     response_serializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.SerializeToString,
+            ),
+            'ProposeTeacher': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeTeacher,
+                    request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.ProposeTeacherRequest.FromString,
+                    response_serializer=pseudostream_dot_v1_dot_labeler__pb2.ProposalResult.SerializeToString,
+            ),
+            'TeacherHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.TeacherHistory,
+                    request_deserializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryRequest.FromString,
+                    response_serializer=pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +394,60 @@ class Labeler(object):
             '/pseudostream.v1.Labeler/RollbackTeacher',
             pseudostream_dot_v1_dot_labeler__pb2.RollbackTeacherRequest.SerializeToString,
             pseudostream_dot_v1_dot_labeler__pb2.TeacherVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeTeacher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pseudostream.v1.Labeler/ProposeTeacher',
+            pseudostream_dot_v1_dot_labeler__pb2.ProposeTeacherRequest.SerializeToString,
+            pseudostream_dot_v1_dot_labeler__pb2.ProposalResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TeacherHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pseudostream.v1.Labeler/TeacherHistory',
+            pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryRequest.SerializeToString,
+            pseudostream_dot_v1_dot_labeler__pb2.TeacherHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,8 +88,17 @@ def test_fit_temperature_rejects_bad_shapes() -> None:
         fit_temperature(np.zeros((2, 2)), np.array([0, 2]))
 
 
-def test_fit_temperature_clamps_extreme_fits(caplog: pytest.LogCaptureFixture) -> None:
+def test_fit_temperature_stops_at_the_bounds(caplog: pytest.LogCaptureFixture) -> None:
     logits, labels = _overconfident(0.01, seed=2)  # far under-confident: the minimiser is T ~ 0.01
     with caplog.at_level(logging.WARNING, logger="pseudostream.models.calibration"):
-        assert fit_temperature(logits, labels) == 0.05
-    assert "clamped to 0.05" in caplog.text
+        assert fit_temperature(logits, labels) == pytest.approx(0.05, rel=1e-5)
+    assert "at a bound" in caplog.text
+
+
+def test_fit_temperature_is_the_nll_minimiser() -> None:
+    """The golden-section fit agrees with a dense grid over T (the NLL is convex in 1/T)."""
+    logits, labels = _overconfident(2.7, seed=5)
+    t = fit_temperature(logits, labels)
+    grid = np.linspace(0.5, 6.0, 5501)
+    best = grid[np.argmin([nll(logits, labels, g) for g in grid])]
+    assert t == pytest.approx(best, abs=2e-3)
