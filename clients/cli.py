@@ -99,13 +99,16 @@ def demo(report: Path = typer.Option(Path("demo-report.json"), "--report", help=
                                       help="shift severity (models/shift.py); 1 is the demo's"),
          backend: str = typer.Option("onnxruntime", "--backend",
                                      help="onnxruntime (embedded) | triton (a local Triton)"),
+         rounds: int = typer.Option(0, "--rounds", min=0, help="self-training rounds: each "
+                                    "round's student is proposed and, past the audit gate, "
+                                    "becomes the next round's teacher"),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run the whole loop on the embedded teacher and write a report."""
     from pseudostream.clients.demo import DemoSettings, format_report, run_demo
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     result = run_demo(DemoSettings(producers=producers, teacher_dir=teacher_dir, severity=severity,
-                                   backend=backend))
+                                   backend=backend, rounds=rounds))
     report.write_text(json.dumps(result, indent=2) + "\n")
     typer.echo(format_report(result))
     typer.echo(f"report written to {report}")

@@ -45,6 +45,7 @@ class DemoSettings:
     seed: int = 0
     severity: int = 1  # models.shift.DEMO_SEVERITY; 2 and 3 break the frozen teacher
     backend: str = "onnxruntime"  # or "triton": a local Triton the demo starts and stops
+    rounds: int = 0  # self-training rounds after the first (clients/demo_rounds.py)
     progress: bool = True
 
 
@@ -57,22 +58,30 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     card = build_demo_teacher(settings.teacher_dir, seed=settings.seed)
     splits = load_digits_splits(seed=settings.seed)
     stream_x = apply_shift(splits.stream_x, seed=STREAM_SHIFT_SEED, severity=settings.severity)
+    stream_ids, stream_y = list(splits.stream_ids), splits.stream_y
     test_x = apply_shift(splits.test_x, seed=TEST_SHIFT_SEED, severity=settings.severity)
     with tempfile.TemporaryDirectory(prefix="pseudostream-demo-") as work, \
             _teacher_service(settings, Path(work)) as (teacher, triton):
+        topic: dict[str, Any] = {"teacher": TEACHER, "store_samples": True,
+                                 "policy": {"name": settings.policy, "params": settings.policy_params}}
+        if settings.rounds:  # the audit slice: labelled stream samples the producers never send
+            from pseudostream.clients.demo_rounds import AUDIT_SIZE
+
+            np.savez(Path(work) / "audit.npz", x=stream_x[-AUDIT_SIZE:], y=stream_y[-AUDIT_SIZE:])
+            # A candidate must get at least one more audit sample right than the served teacher.
+            topic["audit"] = {"path": Path(work) / "audit.npz", "max_accuracy_drop": -0.5 / AUDIT_SIZE}
+            stream_x, stream_ids, stream_y = (stream_x[:-AUDIT_SIZE], stream_ids[:-AUDIT_SIZE],
+                                              stream_y[:-AUDIT_SIZE])
         config = ServiceConfig(
-            port=0, metrics_port=None,
-            teachers={TEACHER: teacher},
-            topics={TOPIC: {"teacher": TEACHER, "store_samples": True,
-                            "policy": {"name": settings.policy, "params": settings.policy_params}}},
+            port=0, metrics_port=None, work_dir=Path(work) / "service",
+            teachers={TEACHER: teacher}, topics={TOPIC: topic},
             label_log={"path": Path(work) / "labels.db", "visibility_timeout_s": 30.0},
         )
-        report = asyncio.run(_run(config, settings, stream_x, list(splits.stream_ids), test_x,
-                                  splits.test_y))
+        report = asyncio.run(_run(config, settings, stream_x, stream_ids, test_x, splits.test_y))
         if triton is not None:
             report["triton_inference_count"] = _triton_inference_count(triton.metrics_url)
-    stream_truth = dict(zip(splits.stream_ids, splits.stream_y.tolist()))
-    report.update(_label_quality(report.pop("_accepted"), stream_truth))
+    stream_truth = dict(zip(stream_ids, stream_y.tolist()))
+    report.update(label_quality(report.pop("_accepted"), stream_truth))
     report["teacher_accuracy_shifted"] = _teacher_accuracy(settings.teacher_dir, test_x, splits.test_y)
     report["teacher_version"] = card.version
     report["shift"] = _describe_shift(settings.severity)
@@ -82,24 +91,38 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarray,
                stream_ids: list[str], test_x: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
     async with LabelingServer(config) as server:
-        trainer = StudentTrainer(server.address, TOPIC, seed=settings.seed)
-        thread = threading.Thread(target=trainer.run, name="student-trainer", daemon=True)
-        thread.start()
-        started = time.perf_counter()
-        shards = np.array_split(np.arange(len(stream_ids)), settings.producers)
-        bar = tqdm(total=len(stream_ids), desc="labeling", unit="sample", disable=not settings.progress)
-        results = await asyncio.gather(*[
-            _produce(server.address, stream_x[idx], [stream_ids[i] for i in idx],
-                     settings.request_size, bar) for idx in shards])
-        elapsed = time.perf_counter() - started
-        bar.close()
-        accepted = {sid: lab for part in results for sid, lab in part.items()}
-        trainer.expect(len(accepted))
-        await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        if trainer.error is not None:
-            raise trainer.error
-        async with AsyncLabelerClient(server.address) as client:
-            state = await client.get_topic(TOPIC, groups=[trainer.group])
+        report, trainer = await label_and_train(server.address, settings, stream_x, stream_ids,
+                                                test_x, test_y)
+        if settings.rounds:
+            from pseudostream.clients.demo_rounds import self_training_rounds
+
+            report["rounds"] = await self_training_rounds(server, settings, trainer, report,
+                                                          stream_x, stream_ids, test_x, test_y)
+    return report
+
+
+async def label_and_train(target: str, settings: DemoSettings, stream_x: np.ndarray,
+                          stream_ids: list[str], test_x: np.ndarray, test_y: np.ndarray,
+                          group: str = "students", seed_offset: int = 0) -> tuple[dict[str, Any], StudentTrainer]:
+    """Stream the samples from the producers while a student trains on what is accepted."""
+    trainer = StudentTrainer(target, TOPIC, group=group, seed=settings.seed + seed_offset)
+    thread = threading.Thread(target=trainer.run, name="student-trainer", daemon=True)
+    thread.start()
+    started = time.perf_counter()
+    shards = np.array_split(np.arange(len(stream_ids)), settings.producers)
+    bar = tqdm(total=len(stream_ids), desc="labeling", unit="sample", disable=not settings.progress)
+    results = await asyncio.gather(*[
+        _produce(target, stream_x[idx], [stream_ids[i] for i in idx],
+                 settings.request_size, bar) for idx in shards])
+    elapsed = time.perf_counter() - started
+    bar.close()
+    accepted = {sid: lab for part in results for sid, lab in part.items()}
+    trainer.expect(len(accepted))
+    await asyncio.get_running_loop().run_in_executor(None, thread.join)
+    if trainer.error is not None:
+        raise trainer.error
+    async with AsyncLabelerClient(target) as client:
+        state = await client.get_topic(TOPIC, groups=[trainer.group])
     sent = len(stream_ids)
     return {
         "backend": settings.backend,
@@ -115,7 +138,7 @@ async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarr
         "trainer_lag_after_ack": int(state.group_lag[trainer.group]),
         "student_accuracy_shifted": round(trainer.evaluate(test_x, test_y), 4),
         "_accepted": accepted,
-    }
+    }, trainer
 
 
 async def _produce(target: str, x: np.ndarray, ids: list[str], request_size: int,
@@ -163,7 +186,7 @@ def _triton_inference_count(metrics_url: str) -> int:
                    for s in f.samples if s.name in ("nv_inference_count", "nv_inference_count_total")))
 
 
-def _label_quality(accepted: dict[str, int], truth: dict[str, int]) -> dict[str, Any]:
+def label_quality(accepted: dict[str, int], truth: dict[str, int]) -> dict[str, Any]:
     correct = sum(truth[sid] == label for sid, label in accepted.items())
     return {"pseudo_label_precision": round(correct / max(len(accepted), 1), 4)}
 
@@ -186,6 +209,11 @@ def _describe_shift(severity: int) -> dict[str, Any]:
 
 def format_report(r: dict[str, Any]) -> str:
     """A short human summary of the report."""
+    lines = [f"  round {e['round']}: teacher v{e['teacher_version']} acc {e['teacher_accuracy_shifted']:.1%}"
+             f", precision {e['pseudo_label_precision']:.1%}, student acc "
+             f"{e['student_accuracy_shifted']:.1%} -> "
+             f"{'promoted as v' + e['proposal']['version'] if e['proposal']['promoted'] else 'rejected'}"
+             f" (served acc {e['teacher_accuracy_after']:.1%})" for e in r.get("rounds", [])]
     return "\n".join([
         f"pseudostream demo ({r['backend']}, policy {r['policy']}, teacher v{r['teacher_version']})",
         f"  samples sent          {r['samples_sent']} from {r['producers']} producers "
@@ -195,4 +223,5 @@ def format_report(r: dict[str, Any]) -> str:
         f"  teacher acc (shifted) {r['teacher_accuracy_shifted']:.1%}",
         f"  student acc (shifted) {r['student_accuracy_shifted']:.1%} "
         f"(trained on {r['labels_trained_on']} pseudo-labels only)",
+        *lines,
     ])

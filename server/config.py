@@ -106,8 +106,9 @@ class AuditConfig(_Strict):
     the promotion gate a proposed teacher must pass on it (server/gate.py)."""
 
     path: Path = Field(description=".npz with x [N, *input_shape] and y [N] (class indices)")
-    max_accuracy_drop: float = Field(0.0, ge=0, le=1, description="a candidate may be at most "
-                                     "this much less accurate than the served teacher")
+    max_accuracy_drop: float = Field(0.0, ge=-1, le=1, description="a candidate may be at most "
+                                     "this much less accurate than the served teacher (negative: "
+                                     "it must be at least that much more accurate)")
     max_ece_increase: float = Field(0.02, ge=0, le=1, description="... and at most this much "
                                     "worse calibrated (ECE after each one's temperature refit)")
 

@@ -10,7 +10,9 @@ overfit the gate. A candidate and the served teacher are both scored on the whol
   at its refit temperature (Guo et al. 2017's temperature scaling, ``models/calibration.py``).
 
 The candidate passes if ``accuracy >= current - max_accuracy_drop`` and
-``ece <= current + max_ece_increase``; the reason string carries both figures either way.
+``ece <= current + max_ece_increase``; the reason string carries both figures either way. A
+negative ``max_accuracy_drop`` demands a gain: a tie then keeps the served teacher, which avoids
+churning versions on audit-slice noise.
 """
 
 from __future__ import annotations

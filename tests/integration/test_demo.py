@@ -44,3 +44,28 @@ def test_demo_on_a_local_triton_reports_its_inference_count(tmp_path, teacher_di
     assert r["backend"] == "triton" and FIELDS <= set(r)
     assert r["triton_inference_count"] == r["samples_sent"]  # every sample went through Triton
     assert r["pseudo_label_precision"] > r["teacher_accuracy_shifted"]
+
+
+def test_demo_rounds_promote_only_through_the_gate(tmp_path, teacher_dir):
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pseudostream.clients.cli", "demo", "--rounds", "2", "--report",
+         str(report), "--teacher-dir", str(teacher_dir)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert FIELDS <= set(r) and [e["round"] for e in r["rounds"]] == [1, 2]
+    assert r["samples_sent"] == 1077 - 240  # the audit slice is never streamed
+    version = 1
+    for e in r["rounds"]:
+        assert e["teacher_version"] == str(version) and 0 < e["pseudo_label_precision"] <= 1
+        p = e["proposal"]
+        assert p["current"]["accuracy"] > 0 and p["candidate"]["accuracy"] > 0
+        if p["promoted"]:  # the gate demands one more audit sample right
+            version += 1
+            assert p["candidate"]["accuracy"] > p["current"]["accuracy"]
+            assert p["version"] == e["teacher_version_after"] == str(version)
+        else:
+            assert p["candidate"]["accuracy"] <= p["current"]["accuracy"]
+            assert e["teacher_accuracy_after"] == e["teacher_accuracy_shifted"]  # served unchanged
+    assert "round 2: teacher v" in done.stdout

@@ -79,3 +79,10 @@ def test_gate_rule():
     assert not ok and "ECE 0.0800 > served 0.0500" in why
     strict = AuditConfig(path="unused.npz")
     assert passes(served, served, strict)[0] and not passes(AuditFigures(0.8999, 0.05, 1.0, 100), served, strict)[0]
+
+
+def test_negative_margin_demands_a_gain():
+    served = AuditFigures(accuracy=0.90, ece=0.05, temperature=1.0, samples=200)
+    cfg = AuditConfig(path="unused.npz", max_accuracy_drop=-0.004)
+    assert not passes(served, served, cfg)[0]
+    assert passes(AuditFigures(0.905, 0.05, 1.0, 200), served, cfg)[0]
