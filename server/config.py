@@ -120,6 +120,13 @@ class EmaConfig(_Strict):
     every: int = Field(1, ge=1, description="gate and publish the EMA after every N proposals")
 
 
+class AdapterConfig(_Strict):
+    """One output-level test-time adapter (server/adaptation/): prior_em, t3a, lame, feature_shift."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class TopicConfig(_Strict):
     """One labeling stream: a teacher, a threshold policy and its label-log topic."""
 
@@ -140,6 +147,8 @@ class TopicConfig(_Strict):
         "topic's statistics (policy state, and adaptation); others are decided but not learned "
         "from. None: everyone (test-time poisoning is a known attack: list them in production)")
     audit: AuditConfig | None = Field(None, description="audit slice and promotion gate")
+    adapters: list[AdapterConfig] = Field(default_factory=list, description="output-level "
+                                          "test-time adapters, run in order before selection")
     ema: EmaConfig | None = Field(None, description="served teacher = EMA of proposed students")
     nonfinite: Literal["reject", "sanitize"] = Field(
         "reject", description="NaN/Inf in float inputs: reject the request (INVALID_ARGUMENT) "
@@ -196,6 +205,10 @@ class ServiceConfig(BaseSettings):
     @model_validator(mode="after")
     def _topics_name_known_teachers(self) -> "ServiceConfig":
         for name, topic in self.topics.items():
+            if topic.adapters and topic.trusted_producers is None:
+                raise ValueError(f"topic {name!r} adapts the teacher but trusts no one: list the "
+                                 "producers whose samples may move adapter state in "
+                                 "trusted_producers (['*'] trusts every producer)")
             if topic.teacher not in self.teachers:
                 known = ", ".join(sorted(self.teachers)) or "(none)"
                 raise ValueError(f"topic {name!r} names teacher {topic.teacher!r}; known: {known}")

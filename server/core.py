@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 from pseudostream.server.backends import TeacherBackend, make_backend
 from pseudostream.server.batcher import MicroBatcher, WorkItem
 from pseudostream.server.codec import LabelInput
-from pseudostream.server.config import ServiceConfig
+from pseudostream.server.adaptation.chain import AdapterChain
+from pseudostream.server.config import ServiceConfig, TopicConfig
 from pseudostream.server.errors import InvalidInput, UnknownName
 from pseudostream.server.labellog.base import LabelLog
 from pseudostream.server.labellog.factory import make_label_log
@@ -90,6 +91,8 @@ class LabelingCore:
         for name, topic_cfg in self.config.topics.items():
             teacher = self.backends[topic_cfg.teacher].metadata
             topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
+            if topic_cfg.adapters:
+                topic.adapters = self._adapters(topic_cfg)
             await topic.restore()
             self.topics[name] = topic
             self.metrics.register_topic(name)
@@ -214,6 +217,18 @@ class LabelingCore:
         except KeyError:
             known = ", ".join(sorted(self.backends)) or "(none)"
             raise UnknownName(f"unknown teacher {teacher!r}; configured teachers: {known}") from None
+
+    def _adapters(self, topic_cfg: TopicConfig) -> AdapterChain:
+        """The topic's output adapters, with the head weights and source prior of its teacher."""
+        from pseudostream.models.card import TeacherCard
+
+        model_dir = self.model_dir(topic_cfg.teacher)
+        prior = None
+        if model_dir is not None and (model_dir / "teacher.json").exists():
+            prior = TeacherCard.load(model_dir).source_prior
+        teacher = self.backends[topic_cfg.teacher].metadata
+        return AdapterChain([(a.name, a.params) for a in topic_cfg.adapters], teacher.num_classes,
+                            model_dir, prior)
 
     def model_dir(self, teacher: str) -> Path | None:
         """The folder of the version ``teacher`` serves now, when the service knows it."""

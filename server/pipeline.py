@@ -85,7 +85,7 @@ class TeacherPipeline:
             group = [items[k] for k in members]
             try:
                 parts = await self._label_topic(self.topics[topic_name], group, starts[members],
-                                                x, logits, probs, out.teacher_version)
+                                                x, logits, probs, out.teacher_version, out.features)
             except Exception as exc:
                 log.warning("topic %s: batch failed: %s", topic_name, exc)
                 for item in group:
@@ -109,7 +109,7 @@ class TeacherPipeline:
 
     async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
                            x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
-                           version: str) -> list[LabelOutcome]:
+                           version: str, features: np.ndarray | None = None) -> list[LabelOutcome]:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
@@ -123,11 +123,11 @@ class TeacherPipeline:
         if new.size:
             meta = None if metadata is None else [metadata[k] for k in new]
             trusted = np.concatenate([np.full(i.size, i.trusted) for i in group])[new]
-            d, offsets = await self._decide(topic, rows[new], ids[new], x, logits, probs, version,
-                                            meta, trusted)
-            parts.append((d, offsets, np.full(new.size, version, dtype=object)))
+            d, offsets, labeled_by = await self._decide(topic, rows[new], ids[new], x, logits, probs,
+                                                        version, meta, trusted, features)
+            parts.append((d, offsets, np.full(new.size, labeled_by, dtype=object)))
             if window:
-                blobs = encode_decisions(d, offsets, version)
+                blobs = encode_decisions(d, offsets, labeled_by)
                 await self.log.remember(topic.name, dict(zip(ids[new].tolist(), blobs)), window)
         if not is_new.all():  # retries: the first decision, not a second one
             parts.append(decode_decisions([known[ids[k]] for k in first[~is_new]], topic.teacher.num_classes))
@@ -145,11 +145,17 @@ class TeacherPipeline:
 
     async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
                       logits: np.ndarray, probs: np.ndarray, version: str,
-                      metadata: list[Mapping[str, str]] | None,
-                      trusted: np.ndarray) -> tuple[Decisions, np.ndarray]:
-        """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else)."""
-        views = await self._views(topic, x[rows], probs[rows]) if topic.views else None
-        decisions = topic.select(PolicyBatch(probs=probs[rows], ids=ids, logits=logits[rows],
+                      metadata: list[Mapping[str, str]] | None, trusted: np.ndarray,
+                      features: np.ndarray | None = None) -> tuple[Decisions, np.ndarray, str]:
+        """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else),
+        and the teacher version (with the adapter state, if any) that labeled them."""
+        p = probs[rows]
+        if topic.adapters is not None:  # output-level test-time adaptation, trusted rows learn
+            p, tag = topic.adapters.apply(p, logits[rows], None if features is None else features[rows],
+                                          trusted)
+            version = f"{version}+{tag}"
+        views = await self._views(topic, x[rows], p) if topic.views else None
+        decisions = topic.select(PolicyBatch(probs=p, ids=ids, logits=logits[rows],
                                              views=views), trusted)
         truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
         if truth is not None:
@@ -178,7 +184,7 @@ class TeacherPipeline:
                                        decisions.label, decisions.reason, decisions.confidence)
         if topic.checkpoint_due:
             await topic.checkpoint()
-        return decisions, offsets
+        return decisions, offsets, version
 
     async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """[K, B, C] probabilities: the batch itself, then K-1 test-time-augmented copies."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pseudostream.server.adaptation.chain import AdapterChain
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.config import TopicConfig
 from pseudostream.server.errors import ConfigError
@@ -55,6 +56,7 @@ class TopicRuntime:
         self.checkpoint_every = checkpoint_every
         self.policy = build_policy(config, teacher.num_classes)
         self.views = AugmentedViews(config.views) if config.views is not None else None
+        self.adapters: AdapterChain | None = None  # set by the core (it knows the model folder)
         c = teacher.num_classes
         self.samples = self.accepted = self.audited = 0
         self.weight_sum = self.audit_weight = self.audit_correct = 0.0
@@ -121,6 +123,8 @@ class TopicRuntime:
         state: dict[str, Any] = {"policy": self.policy.name, "policy_state": self.policy.state_dict()}
         state.update({k: getattr(self, k) for k in self._COUNTERS})
         state.update({k: getattr(self, k).tolist() for k in self._PER_CLASS})
+        if self.adapters is not None:
+            state["adapters"] = self.adapters.state_dict()
         blob = json.dumps(state, default=_json_default).encode()
         await self.log.save_state(self.name, _STATE_KEY, blob)
         self._batches_since_checkpoint = 0
@@ -142,6 +146,8 @@ class TopicRuntime:
             values = np.asarray(state.get(key, []), np.int64)
             if values.shape == getattr(self, key).shape:
                 setattr(self, key, values)
+        if self.adapters is not None and "adapters" in state:
+            self.adapters.load_state_dict(state["adapters"])
         log.info("topic %s: restored policy state after %d samples", self.name, self.samples)
         return True
 
