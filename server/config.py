@@ -127,6 +127,23 @@ class AdapterConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class WeightAdaptConfig(_Strict):
+    """Weight-level test-time adaptation of a topic's teacher (server/adaptation/weight_loop.py)."""
+
+    method: Literal["bn_stats", "tent", "eata", "sar"]
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's options "
+                                   "(models/tta/): lr, optimizer, steps, bn_prior, ...")
+    mode: Literal["online", "adapt_then_label"] = "online"
+    window: int = Field(256, ge=2, description="online: trusted samples per adaptation update")
+    publish_every: int = Field(1, ge=1, description="online: kept windows per published version")
+    guard: dict[str, Any] = Field(default_factory=dict, description="collapse guard thresholds "
+                                  "(server/adaptation/guard.py), incl. reset_every")
+    on_alarm: Literal["reject", "zero_weight"] = Field(
+        "reject", description="adapt_then_label: what happens to an alarmed window's labels")
+    teacher_dir: Path | None = Field(None, description="folder with the teacher's model.pt "
+                                     "(default: the teacher's model_dir)")
+
+
 class TopicConfig(_Strict):
     """One labeling stream: a teacher, a threshold policy and its label-log topic."""
 
@@ -149,6 +166,7 @@ class TopicConfig(_Strict):
     audit: AuditConfig | None = Field(None, description="audit slice and promotion gate")
     adapters: list[AdapterConfig] = Field(default_factory=list, description="output-level "
                                           "test-time adapters, run in order before selection")
+    adapt: WeightAdaptConfig | None = Field(None, description="weight-level test-time adaptation")
     ema: EmaConfig | None = Field(None, description="served teacher = EMA of proposed students")
     nonfinite: Literal["reject", "sanitize"] = Field(
         "reject", description="NaN/Inf in float inputs: reject the request (INVALID_ARGUMENT) "
@@ -205,7 +223,7 @@ class ServiceConfig(BaseSettings):
     @model_validator(mode="after")
     def _topics_name_known_teachers(self) -> "ServiceConfig":
         for name, topic in self.topics.items():
-            if topic.adapters and topic.trusted_producers is None:
+            if (topic.adapters or topic.adapt) and topic.trusted_producers is None:
                 raise ValueError(f"topic {name!r} adapts the teacher but trusts no one: list the "
                                  "producers whose samples may move adapter state in "
                                  "trusted_producers (['*'] trusts every producer)")

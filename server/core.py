@@ -17,6 +17,7 @@ from pseudostream.server.backends import TeacherBackend, make_backend
 from pseudostream.server.batcher import MicroBatcher, WorkItem
 from pseudostream.server.codec import LabelInput
 from pseudostream.server.adaptation.chain import AdapterChain
+from pseudostream.server.adaptation.guard import GUARD_SIGNALS
 from pseudostream.server.config import ServiceConfig, TopicConfig
 from pseudostream.server.errors import InvalidInput, UnknownName
 from pseudostream.server.labellog.base import LabelLog
@@ -95,9 +96,18 @@ class LabelingCore:
                 topic.adapters = self._adapters(topic_cfg)
             await topic.restore()
             self.topics[name] = topic
-            self.metrics.register_topic(name)
+            if topic_cfg.adapt is None:
+                self.metrics.register_topic(name)
+            else:
+                self.metrics.register_topic(name, [topic_cfg.adapt.method], GUARD_SIGNALS)
         self.metrics.track_topics(lambda: list(self.topics.values()))
         await self.promoter.start()
+        for topic in self.topics.values():
+            if topic.config.adapt is not None:
+                from pseudostream.server.adaptation.weight_loop import WeightAdaptation
+
+                topic.weight = WeightAdaptation(self, topic, topic.config.adapt, self._source_prior(topic.config.teacher))
+                await topic.weight.start()
         for name, tcfg in self.config.teachers.items():
             topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
             pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
@@ -124,6 +134,9 @@ class LabelingCore:
         self._sync_task = self._lag_task = None
         for batcher in self.batchers.values():
             await batcher.stop()
+        for topic in self.topics.values():
+            if topic.weight is not None:
+                await topic.weight.close()
         for topic in self.topics.values():
             try:
                 await topic.checkpoint()
@@ -220,22 +233,25 @@ class LabelingCore:
 
     def _adapters(self, topic_cfg: TopicConfig) -> AdapterChain:
         """The topic's output adapters, with the head weights and source prior of its teacher."""
-        from pseudostream.models.card import TeacherCard
-
-        model_dir = self.model_dir(topic_cfg.teacher)
-        prior = None
-        if model_dir is not None and (model_dir / "teacher.json").exists():
-            prior = TeacherCard.load(model_dir).source_prior
         teacher = self.backends[topic_cfg.teacher].metadata
         return AdapterChain([(a.name, a.params) for a in topic_cfg.adapters], teacher.num_classes,
-                            model_dir, prior)
+                            self.model_dir(topic_cfg.teacher), self._source_prior(topic_cfg.teacher))
+
+    def _source_prior(self, teacher: str) -> list[float] | None:
+        """The class prior of the teacher's labelled split, from its card when the folder is known."""
+        from pseudostream.models.card import TeacherCard
+
+        model_dir = self.model_dir(teacher)
+        if model_dir is not None and (model_dir / "teacher.json").exists():
+            return TeacherCard.load(model_dir).source_prior
+        return None
 
     def model_dir(self, teacher: str) -> Path | None:
         """The folder of the version ``teacher`` serves now, when the service knows it."""
         return self.dirs.get(teacher, {}).get(self.backend(teacher).metadata.version)
 
     async def publish(self, teacher: str, model_dir: str, *, record_lineage: bool = True,
-                      proposer: str = "anonymous") -> str:
+                      proposer: str = "anonymous", origin: str = "publish") -> str:
         """Serve the teacher in ``model_dir`` as a new version, after checking it has the served
         teacher's signature (input shape and dtype, classes)."""
         from pseudostream.models.card import TeacherCard
@@ -260,7 +276,7 @@ class LabelingCore:
         log.info("teacher %s now serves version %s from %s", teacher, version, model_dir)
         if record_lineage:
             await self.promoter.lineage(teacher).append(VersionRecord(
-                version=version, parent=parent, origin="publish", decision="served",
+                version=version, parent=parent, origin=origin, decision="served",
                 proposer=proposer, note=str(model_dir), candidate_id=card.fingerprint))
         return version
 

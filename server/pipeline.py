@@ -7,6 +7,8 @@ ever told a label was accepted that is not in the log.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass
@@ -149,7 +151,10 @@ class TeacherPipeline:
                       features: np.ndarray | None = None) -> tuple[Decisions, np.ndarray, str]:
         """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else),
         and the teacher version (with the adapter state, if any) that labeled them."""
-        p = probs[rows]
+        p, alarm = probs[rows], False
+        if topic.weight is not None and not topic.weight.online:  # adapt-then-label
+            p, tag, alarm = await topic.weight.label_window(x[rows], trusted)
+            version = f"{version}+{tag}"
         if topic.adapters is not None:  # output-level test-time adaptation, trusted rows learn
             p, tag = topic.adapters.apply(p, logits[rows], None if features is None else features[rows],
                                           trusted)
@@ -157,6 +162,8 @@ class TeacherPipeline:
         views = await self._views(topic, x[rows], p) if topic.views else None
         decisions = topic.select(PolicyBatch(probs=p, ids=ids, logits=logits[rows],
                                              views=views), trusted)
+        if alarm:  # the guard fired on this very window: its labels are low-trust
+            decisions = _low_trust(decisions, topic.config.adapt.on_alarm if topic.config.adapt else "reject")
         truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
         if truth is not None:
             topic.score_audit(decisions, truth)
@@ -182,6 +189,8 @@ class TeacherPipeline:
             self.metrics.appended.labels(topic.name).inc(int(accepted.size))
         self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
                                        decisions.label, decisions.reason, decisions.confidence)
+        if topic.weight is not None and topic.weight.online:
+            topic.weight.offer(x[rows[trusted]])
         if topic.checkpoint_due:
             await topic.checkpoint()
         return decisions, offsets, version
@@ -192,6 +201,15 @@ class TeacherPipeline:
         out = await self._infer(topic.views.augment(x))
         _, extra = calibrated(out.logits, out.temperature, self.backend.metadata.task)
         return np.concatenate([probs[None], extra.reshape(topic.views.count - 1, *probs.shape)])
+
+
+def _low_trust(d: Decisions, how: str) -> Decisions:
+    """``d`` with weight 0 everywhere, and rejected with reason adapter_alarm if ``how`` is reject."""
+    weight = np.zeros_like(d.weight)
+    if how != "reject":
+        return dataclasses.replace(d, weight=weight)
+    reason = np.full(len(d), "adapter_alarm", dtype=d.reason.dtype if d.reason.dtype != object else object)
+    return dataclasses.replace(d, weight=weight, accept=np.zeros_like(d.accept), reason=reason)
 
 
 def _metadata_rows(group: list[WorkItem]) -> list[Mapping[str, str]] | None:

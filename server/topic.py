@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from pseudostream.server.labellog.base import LabelLog
 from pseudostream.server.selection import Decisions, PolicyBatch, ThresholdPolicy, make_policy
 from pseudostream.server.selection.dist_align import AlignedPolicy, DistributionAlignment
 from pseudostream.server.views import AugmentedViews
+
+if TYPE_CHECKING:
+    from pseudostream.server.adaptation.weight_loop import WeightAdaptation
 
 __all__ = ["TopicRuntime", "build_policy"]
 
@@ -57,6 +60,7 @@ class TopicRuntime:
         self.policy = build_policy(config, teacher.num_classes)
         self.views = AugmentedViews(config.views) if config.views is not None else None
         self.adapters: AdapterChain | None = None  # set by the core (it knows the model folder)
+        self.weight: WeightAdaptation | None = None  # weight-level adaptation, set by the core
         c = teacher.num_classes
         self.samples = self.accepted = self.audited = 0
         self.weight_sum = self.audit_weight = self.audit_correct = 0.0
