@@ -192,3 +192,36 @@ async def test_shared_memory_path_gives_the_same_outputs(make_config, triton, di
     np.testing.assert_allclose(np.concatenate([o.logits for o in outs]), expected.logits, atol=1e-4)
     np.testing.assert_allclose(np.concatenate([o.features for o in outs]), expected.features, atol=1e-4)
     assert len(status.get("regions", {})) == 2  # the pool's regions were registered with Triton
+
+
+async def test_propose_gate_and_rollback_on_triton(make_config, triton, digits, teacher_dir, tmp_path):
+    """The audit gate and rollback work the same behind Triton: a worse candidate is refused, an
+    equal one is promoted into a new version folder, and rollback gives the exact first outputs."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pseudostream.models.shift import DEMO_SEVERITY, apply_shift
+
+    audit = tmp_path / "audit.npz"
+    np.savez(audit, x=apply_shift(digits.stream_x[-200:], severity=DEMO_SEVERITY), y=digits.stream_y[-200:])
+    worse = onnx.load_model(str(teacher_dir / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for i, t in enumerate(worse.graph.initializer):
+        w = numpy_helper.to_array(t)
+        if w.dtype.kind == "f" and w.size > 1:
+            noisy = (w + 2.0 * w.std() * rng.standard_normal(w.shape)).astype(w.dtype)
+            worse.graph.initializer[i].CopyFrom(numpy_helper.from_array(noisy, t.name))
+    x = np.ascontiguousarray(digits.stream_x[:32])
+    config = _triton_config(make_config, triton, audit={"path": audit})
+    async with LabelingServer(config) as server:
+        async with AsyncLabelerClient(server.address) as client:
+            first = await client.label("digits", x, ids=[f"a{i}" for i in range(32)])
+            refused = await client.propose_teacher("digits", worse.SerializeToString())
+            assert not refused.promoted and refused.version == "1"
+            promoted = await client.propose_teacher("digits", (teacher_dir / "model.onnx").read_bytes())
+            assert promoted.promoted and promoted.version == "2", promoted.reason
+            assert (triton.repo_dir / "digits-cnn" / "2" / "model.onnx").exists()
+            back = await client.rollback_teacher("digits-cnn", "1")
+            again = await client.label("digits", x, ids=[f"b{i}" for i in range(32)])
+    assert back.version == "1" and set(again.teacher_version) == {"1"}
+    assert np.array_equal(again.label, first.label) and np.array_equal(again.confidence, first.confidence)
