@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # Run as a script, this folder comes first on sys.path, and benchmarks/triton.py would shadow
-    # the ``triton`` package that torch's optimisers import lazily (torch._dynamo): drop it.
+    # Run as a script, this folder comes first on sys.path, where a sibling module could shadow a
+    # package torch imports lazily (benchmarks/triton.py once shadowed ``triton``): drop it.
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     main()

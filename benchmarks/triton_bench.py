@@ -6,7 +6,7 @@ the model (the bundled CPU tritonserver, python backend running ONNX Runtime). A
 N producers each stream requests of R samples to a `pseudostream serve` process whose teacher is
 that Triton, one request in flight each. Prints samples/s, p50/p99 latency and service/raw.
 
-    python benchmarks/triton.py [--concurrency 4] [--seconds 6] [--out triton-report.json]
+    python benchmarks/triton_bench.py [--concurrency 4] [--seconds 6] [--out triton-report.json]
 """
 
 from __future__ import annotations
