@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("logits", "features")
 PARITY_ATOL = 1e-4
+PARITY_RTOL = 1e-5  # of the output's largest magnitude: float32 sums grow with it
 PARITY_BATCH_SIZES = (1, 7, 64)
 
 # torch 2.13's exporter warns once per process that torchvision ops cannot be registered (we
@@ -141,7 +142,8 @@ def check_onnx_parity(
 ) -> None:
     """Run the ONNX file with ONNX Runtime (CPU) and ``model`` on random batches of each size;
     raise ExportError unless the input/output names are as expected and every output matches
-    within ``atol``."""
+    within ``atol + PARITY_RTOL * max|torch output|`` (weights far from the training scale, e.g. a
+    diverged adapter, give large logits whose float32 rounding grows with them)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
@@ -165,9 +167,10 @@ def check_onnx_parity(
                     f"{want.shape} in torch (batch {size})"
                 )
             err = float(np.max(np.abs(have - want))) if want.size else 0.0
-            if not err <= atol:
+            allowed = atol + PARITY_RTOL * (float(np.max(np.abs(want))) if want.size else 0.0)
+            if not err <= allowed:
                 raise ExportError(
-                    f"{path}: output {name!r} differs from torch by {err:.3g} > {atol} "
+                    f"{path}: output {name!r} differs from torch by {err:.3g} > {allowed:.3g} "
                     f"(batch {size})"
                 )
     logger.debug("ONNX Runtime parity ok for batch sizes %s", list(batch_sizes))

@@ -97,3 +97,26 @@ async def test_periodic_reset_serves_the_source_version_again(make_config, shift
             assert server.core.backend("digits-cnn").metadata.version == "1"
             history = await client.teacher_history("digits-cnn")
     assert [(r.origin, r.version) for r in history.records][-2:] == [("adapt", "2"), ("rollback", "1")]
+
+
+async def test_a_collapsed_published_teacher_is_replaced_by_the_source(make_config, shifted):
+    """With the guard's warm-up, a destructive update (SGD lr 5000) gets published as v2; the next
+    window's check sees the collapse, and the service serves v1 again."""
+    x = shifted[0]
+    config = _config(make_config, method="tent", window=64, guard={"warmup": 1},
+                     params={"optimizer": "sgd", "lr": 5000.0, "steps": 5})
+    async with LabelingServer(config) as server:
+        weight = server.core.topics["digits"].weight
+        async with AsyncLabelerClient(server.address) as client:
+            await client.label("digits", np.ascontiguousarray(x[:64]), ids=[f"a{i}" for i in range(64)])
+            await _until(lambda: weight.published == 1)
+            assert server.core.backend("digits-cnn").metadata.version == "2"
+            await client.label("digits", np.ascontiguousarray(x[64:128]), ids=[f"b{i}" for i in range(64)])
+            await _until(lambda: weight.resets == 1)
+            assert weight.alarms == 1 and set(weight.last.reasons) & {"classes_ratio", "top_class_excess"}
+            assert server.core.backend("digits-cnn").metadata.version == "1"
+            after = await client.label("digits", np.ascontiguousarray(x[128:160]), ids=[f"c{i}" for i in range(32)])
+            history = await client.teacher_history("digits-cnn")
+    assert set(after.teacher_version) == {"1"}
+    assert [(r.origin, r.version, r.proposer) for r in history.records][-2:] == [
+        ("adapt", "2", "adapter:tent"), ("rollback", "1", "guard:tent")]
