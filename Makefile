@@ -37,9 +37,15 @@ test-unit: install
 test-integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# Performance side by side (benchmarks/bench.py): writes bench-report.json and
+# benchmarks/bench-plot.png; about 8 minutes on 2 cores. BENCH_ARGS=--quick for a smoke run.
+bench:
+	$(MAKE) install EXTRAS=$(EXTRAS),bench
+	$(BIN)/python -m pseudostream.benchmarks.bench $(BENCH_ARGS)
+
 # Regenerate the committed gRPC stubs from proto/pseudostream/v1/*.proto.
 proto: install
 	$(BIN)/python -m pseudostream.proto.gen
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info .pytest_cache demo-report.json
+	rm -rf $(VENV) .cache build *.egg-info .pytest_cache demo-report.json bench-report.json

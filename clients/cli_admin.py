@@ -82,6 +82,28 @@ def rollback(teacher: str = typer.Option(..., "--teacher"),
     typer.echo(json.dumps({"teacher": r.teacher, "version": r.version, "versions": list(r.versions)}))
 
 
+@teacher_app.command("quantize")
+def quantize(model: Path = typer.Argument(..., exists=True, help="teacher folder (model.onnx + teacher.json)"),
+             out: Path = typer.Option(..., "--out", help="folder for the reduced-precision teacher"),
+             precision: str = typer.Option("int8", "--precision", help="int8 (ONNX Runtime QDQ) | bf16 (torch)"),
+             tau: float = typer.Option(0.95, "--tau", help="the topic policy's threshold (FixMatch)"),
+             min_agreement: float = typer.Option(0.99, "--min-agreement",
+                                                 help="share of held-out decisions that must agree")) -> None:
+    """Quantize a teacher (int8 static QDQ, calibrated on the labelled split; or bf16) and keep it
+    only if its decisions agree with the fp32 teacher's on a held-out split."""
+    from pseudostream.models.quantize import QuantizationError, describe, quantize_bf16, quantize_int8
+
+    if precision not in ("int8", "bf16"):
+        raise typer.BadParameter("--precision must be int8 or bf16")
+    run = quantize_int8 if precision == "int8" else quantize_bf16
+    try:
+        result = run(model, out, tau=tau, min_agreement=min_agreement)
+    except QuantizationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(describe(result), indent=2))
+
+
 @triton_app.command("repo")
 def repo(teacher_dir: Path = typer.Argument(DEFAULT_TEACHER_DIR, exists=True),
          out: Path = typer.Option(Path(".cache/triton-repo"), "--out"),

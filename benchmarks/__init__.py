@@ -1,0 +1,1 @@
+"""Benchmarks that print side-by-side figures (``python -m pseudostream.benchmarks.bench``, ``make bench``)."""

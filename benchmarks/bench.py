@@ -1,0 +1,270 @@
+"""Performance, measured side by side in one run (``make bench``).
+
+For two teachers, the digits CNN (light: transport-bound) and a random-weight ResNet-18 on
+3x32x32 (heavy: compute-bound), in this process tree and in one run, so that ratios hold on a
+noisy machine:
+
+(a) raw ONNX Runtime in this process at its best batch size (the limit), measured again right
+    after each service window;
+(b) the service end to end (``pseudostream serve``, embedded ONNX Runtime, SQLite label log) over
+    gRPC loopback with N producers (one request in flight each), N = 1, 4, 16; then open-loop
+    load at half the peak for the p99 latency;
+(c) raw ``tritonclient`` against a local Triton (the bundled CPU tritonserver, python backend)
+    and (d) the service over that Triton, at the same N, when the [triton] extra is installed;
+(e) where one batch of 128 spends its time, in-process, with stage timers and cProfile;
+(f) reduced precision: ``models.quantize`` int8 (QDQ) and bf16 teachers, gated by decision
+    agreement, timed beside fp32 in interleaved rounds, and the service on the int8 teacher.
+
+Writes ``bench-report.json`` (see ``bench_report`` for the figures' definitions) and a plot of
+throughput and p99 against producers.
+
+    python -m pseudostream.benchmarks.bench [--quick] [--out bench-report.json] [--plot PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pseudostream.benchmarks import bench_report
+from pseudostream.benchmarks.bench_load import ServiceLoad, TritonLoad, open_loop, window
+from pseudostream.benchmarks.bench_runtime import interleaved, ort_runner, ort_sweep, run_for
+from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
+from pseudostream.models.card import MODEL_FILENAME, TeacherCard
+
+log = logging.getLogger("bench")
+
+TEACHERS = {"light": Path(".cache/teachers/digits-cnn"), "heavy": Path(".cache/teachers/resnet18")}
+SERVICE_METRICS = ("pseudostream_batch_size_sum", "pseudostream_batch_size_count")
+TRITON_METRICS = ("nv_inference_count", "nv_inference_exec_count")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, light teacher only, no Triton (smoke test)")
+    p.add_argument("--teachers", default="light,heavy", help="which of light,heavy to run")
+    p.add_argument("--producers", default="1,4,16")
+    p.add_argument("--seconds", type=float, default=5.0, help="light teacher's window; heavy gets 2x")
+    p.add_argument("--light-request", type=int, default=64, help="samples per request, light teacher")
+    p.add_argument("--heavy-request", type=int, default=16, help="samples per request, heavy teacher")
+    p.add_argument("--max-batch", type=int, default=128)
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
+    p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--triton-queue-delay-us", type=int, default=2000,
+                   help="Triton's dynamic batcher delay (the repository default)")
+    p.add_argument("--out", type=Path, default=Path("bench-report.json"))
+    p.add_argument("--plot", type=Path, default=Path("benchmarks/bench-plot.png"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.teachers, args.producers, args.seconds, args.rounds = "light", "1,2", 0.5, 1
+        args.light_request, args.no_triton = 16, True
+    args.kinds = [k.strip() for k in args.teachers.split(",") if k.strip()]
+    args.ns = [int(n) for n in args.producers.split(",")]
+    return args
+
+
+def teacher_inputs(kind: str, card: TeacherCard) -> np.ndarray:
+    """Samples producers send: the digits stream (light), seeded uniform noise (heavy)."""
+    if kind == "light":
+        from pseudostream.models.digits import load_digits_splits
+
+        return np.ascontiguousarray(load_digits_splits(0).stream_x)
+    return np.random.default_rng(7).random((256, *card.input_shape), dtype=np.float32)
+
+
+def topic_config(kind: str) -> dict[str, Any]:
+    # The random ResNet-18 is never 95% sure: tau 0 accepts everything, so the log is written.
+    return {"policy": {"name": "fixed", "params": {"tau": 0.95 if kind == "light" else 0.0}}}
+
+
+def ort_teacher(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batch,
+            "max_delay_ms": args.max_delay_ms, "intra_op_threads": args.threads}
+
+
+def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun,
+                   args: argparse.Namespace) -> dict[str, Path]:
+    """int8 and bf16 candidates through the gate; their folders (only those accepted)."""
+    from pseudostream.models.quantize import QuantizationError, quantize_bf16, quantize_int8
+
+    run.quantized, accepted = {}, {}
+    for precision, build in (("int8", quantize_int8), ("bf16", quantize_bf16)):
+        t0 = time.perf_counter()
+        try:
+            result = build(teacher_dir, work / f"{kind}-{precision}")
+        except (QuantizationError, ImportError) as exc:
+            run.quantized[precision], run.quantized[f"{precision}_reason"] = None, str(exc)
+            continue
+        run.quantized[precision] = {"agreement": result.agreement.to_dict(),
+                                    "build_s": round(time.perf_counter() - t0, 1)}
+        accepted[precision] = result.path
+    return accepted
+
+
+def runtime_phase(teacher_dir: Path, pool: np.ndarray, accepted: dict[str, Path],
+                  run: bench_report.TeacherRun, args: argparse.Namespace) -> None:
+    """fp32 vs int8 (ONNX Runtime) vs bf16 (torch) at the service's max batch, interleaved."""
+    from pseudostream.models.quantize import Bf16Teacher
+
+    runners = {"fp32": ort_runner(teacher_dir / MODEL_FILENAME, args.threads)}
+    if "int8" in accepted:
+        runners["int8"] = ort_runner(accepted["int8"] / MODEL_FILENAME, args.threads)
+    if "bf16" in accepted:
+        runners["bf16"] = Bf16Teacher(accepted["bf16"], threads=args.threads)
+    x = np.ascontiguousarray(np.resize(pool, (args.max_batch, *pool.shape[1:])))
+    seconds = args.seconds * 0.3
+    timings = interleaved(runners, x, args.rounds, seconds)
+    assert run.quantized is not None
+    run.quantized["runtime"] = timings
+    for precision in ("int8", "bf16"):
+        if run.quantized.get(precision):
+            run.quantized[precision]["speedup_vs_fp32"] = timings[precision]["vs_first"]
+
+
+async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
+                        work: Path, args: argparse.Namespace, seconds: float, best: Any) -> None:
+    """(b) at each N, with (a) at its best batch right before and after each window (their mean
+    is the limit that window is compared with), then the half-load p99."""
+    x = np.ascontiguousarray(pool[:run.request_samples])
+    best_x = np.ascontiguousarray(np.resize(pool, (run.ort_sweep["best_batch"], *pool.shape[1:])))
+    with ServiceProcess(work, run.teacher, ort_teacher(teacher_dir, args), topic_config(kind)) as svc:
+        metrics = (svc.metrics_url, *SERVICE_METRICS)
+        before = run_for(best, best_x, seconds / 2)
+        for n in args.ns:
+            async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
+                run.service[n] = await window(load, n, seconds, [svc.pid], metrics, warmup_s=seconds / 4)
+            after = run_for(best, best_x, seconds / 2)
+            rates = [before["samples_per_s"], after["samples_per_s"]]
+            run.ort_after[n] = {**after, "samples_per_s": round(sum(rates) / 2, 1), "before_after": rates}
+            before = after
+            log.info("%s N=%d service %s | raw ORT %s", kind, n, run.service[n], run.ort_after[n])
+        peak = max(w["samples_per_s"] for w in run.service.values())
+        async with ServiceLoad(svc.target, TOPIC, x, streams=4) as load:
+            half = await open_loop(load.call, 0.5 * peak / len(x), seconds * 1.5, streams=4)
+    one_batch_ms = run.ort_sweep["by_batch"][args.max_batch]["p50_ms"]
+    run.half_load = {**half, "peak_samples_per_s": peak,
+                     "bound_ms": round(2 * (args.max_delay_ms + one_batch_ms), 2)}
+
+
+async def quantized_service(kind: str, int8_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
+                            work: Path, args: argparse.Namespace, seconds: float) -> None:
+    """The service on the int8 teacher at 4 producers, beside the fp32 window."""
+    n = 4 if 4 in run.service else max(run.service)
+    x = np.ascontiguousarray(pool[:run.request_samples])
+    with ServiceProcess(work, f"{run.teacher}-int8", ort_teacher(int8_dir, args), topic_config(kind)) as svc:
+        async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
+            w = await window(load, n, seconds, [svc.pid], (svc.metrics_url, *SERVICE_METRICS), seconds / 4)
+    assert run.quantized is not None
+    run.quantized["service_int8"] = {"producers": n, **w,
+                                     "vs_fp32_service": bench_report.ratio(w["samples_per_s"],
+                                                                           run.service[n]["samples_per_s"])}
+
+
+async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np.ndarray,
+                       run: bench_report.TeacherRun, work: Path, args: argparse.Namespace,
+                       seconds: float) -> None:
+    """(c) raw tritonclient and (d) the service over Triton at each N, alternating."""
+    from pseudostream.models.triton_repo import write_model_repository
+    from pseudostream.server.backends.triton_server import LocalTritonServer
+
+    repo = work / f"repo-{kind}"
+    write_model_repository(repo, teacher_dir, name=card.name, platform="python", max_batch_size=args.max_batch,
+                           max_queue_delay_us=args.triton_queue_delay_us)
+    x = np.ascontiguousarray(pool[:run.request_samples])
+    with LocalTritonServer(repo, models=[card.name]) as triton:
+        teacher = {"backend": "triton", "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
+                   "triton": {"url": triton.grpc_url, "model": card.name, "repository": str(repo),
+                              "platform": "python"}}
+        with ServiceProcess(work, f"{card.name}-triton", teacher, topic_config(kind)) as svc:
+            for n in args.ns:
+                async with TritonLoad(triton.grpc_url, card.name, x, card.input_name) as load:
+                    run.raw_triton[n] = await window(load, n, seconds, [triton.pid],
+                                                     (triton.metrics_url, *TRITON_METRICS), seconds / 4)
+                async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
+                    run.service_triton[n] = await window(load, n, seconds, [svc.pid, triton.pid],
+                                                         (svc.metrics_url, *SERVICE_METRICS), seconds / 4)
+                log.info("%s N=%d raw triton %s | service %s", kind, n, run.raw_triton[n], run.service_triton[n])
+
+
+def run_teacher(kind: str, work: Path, args: argparse.Namespace) -> bench_report.TeacherRun:
+    """Every part for one teacher, in the order that keeps exports out of threaded phases."""
+    from pseudostream.benchmarks.bench_profile import profile_batches
+
+    teacher_dir = TEACHERS[kind]
+    card = TeacherCard.load(teacher_dir)
+    pool = teacher_inputs(kind, card)
+    seconds = args.seconds * (2 if kind == "heavy" else 1)
+    run = bench_report.TeacherRun(card.name, args.light_request if kind == "light" else args.heavy_request,
+                                  args.max_batch, args.max_delay_ms)
+    accepted = quantize_phase(kind, teacher_dir, work, run, args)  # exports first: no threads yet
+    best = ort_runner(teacher_dir / MODEL_FILENAME, args.threads)
+    sweep = sorted({16, 64, args.max_batch, 2 * args.max_batch} if not args.quick else {8, args.max_batch})
+    run.ort_sweep = ort_sweep(best, pool, sweep, seconds / 4, rounds=1 if args.quick else 2)
+    log.info("%s raw ORT sweep: best batch %s %s", kind, run.ort_sweep["best_batch"], run.ort_sweep["best"])
+    run.profile = profile_batches(card.name, ort_teacher(teacher_dir, args), topic_config(kind), pool,
+                                  batch=args.max_batch, request=run.request_samples,
+                                  batches=2 if args.quick else (8 if kind == "heavy" else 100))
+    runtime_phase(teacher_dir, pool, accepted, run, args)
+    asyncio.run(service_phase(kind, teacher_dir, pool, run, work, args, seconds, best))
+    if "int8" in accepted:
+        asyncio.run(quantized_service(kind, accepted["int8"], pool, run, work, args, seconds))
+    missing = [m for m in ("tritonclient", "pytriton") if importlib.util.find_spec(m) is None]
+    if args.no_triton or missing:
+        run.reasons["triton"] = ("skipped (--no-triton)" if args.no_triton else
+                                 f"the [triton] extra is not installed ({', '.join(missing)} missing)")
+    else:
+        try:
+            asyncio.run(triton_phase(kind, teacher_dir, card, pool, run, work, args, seconds))
+        except Exception as exc:  # a Triton that cannot start must not cost the rest of the report
+            log.warning("%s: Triton part failed: %s", kind, exc)
+            run.reasons["triton"] = f"Triton part failed: {exc}"
+    return run
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    started = time.perf_counter()
+    from pseudostream.models.demo_teacher import build_demo_teacher
+    from pseudostream.models.zoo import build_resnet18_teacher
+
+    build_demo_teacher(TEACHERS["light"])
+    if "heavy" in args.kinds:
+        build_resnet18_teacher(TEACHERS["heavy"])
+    runs: dict[str, bench_report.TeacherRun | None] = {}
+    skipped = {k: f"not run (--teachers {args.teachers})" for k in ("light", "heavy") if k not in args.kinds}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for kind in args.kinds:
+            runs[kind] = run_teacher(kind, Path(tmp), args)
+    setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+             "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
+             "seconds_heavy": 2 * args.seconds, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
+             "ort_threads": args.threads, "triton_queue_delay_us": args.triton_queue_delay_us,
+             "requests": {"light": args.light_request, "heavy": args.heavy_request},
+             "quick": args.quick, "wall_s": None}
+    report = bench_report.build_report(runs, setup, skipped)
+    report["setup"]["wall_s"] = round(time.perf_counter() - started, 1)
+    bench_report.write_report(report, args.out)
+    png = bench_report.plot(report, args.plot)
+    print(bench_report.table(report))
+    for t in report["targets"]:
+        print(f"{'met ' if t['met'] else 'MISS' if t['met'] is False else 'n/a '} {t['target']}: "
+              f"{t['measured']} (goal {t['goal']})")
+    print(f"wrote {args.out}" + (f" and {png}" if png else " (no plot: pip install matplotlib)"))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Smoke run of the benchmark harness (``bench.py --quick``): every part runs, the report has its keys.
+
+It starts the service as a child process on loopback, hence the integration marker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_writes_a_report_with_every_key(tmp_path, teacher_dir):
+    pytest.importorskip("psutil")
+    out = tmp_path / "bench-report.json"
+    done = subprocess.run([sys.executable, "-m", "pseudostream.benchmarks.bench", "--quick",
+                           "--out", str(out), "--plot", str(tmp_path / "plot.png")],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    light, heavy, q = report["light"], report["heavy"], report["quantized"]
+    for key in ("service_vs_ort", "service_vs_triton", "p99_ms_half_load"):
+        assert key in light and key in heavy
+    assert light["service_vs_ort"] > 0 and light["p99_ms_half_load"] > 0
+    assert light["service_vs_triton"] is None and light["service_vs_triton_reason"] == "skipped (--no-triton)"
+    assert heavy["service_vs_ort"] is None and "--teachers light" in heavy["service_vs_ort_reason"]
+    assert {"speedup_vs_fp32", "decision_agreement"} <= set(q)
+    assert q["speedup_vs_fp32"] is None and q["speedup_vs_fp32_reason"]
+    section = light
+    assert set(section["service"]) == {"1", "2"} and section["service"]["2"]["effective_batch"] > 0
+    assert section["quantized"]["int8"]["agreement"]["joint"] >= 0.99
+    assert section["quantized"]["runtime"]["int8"]["vs_first"] > 0
+    assert section["profile"]["stages_ms"]["inference"] > 0
+    assert "| light (digits-cnn) | 2 |" in done.stdout
