@@ -72,6 +72,11 @@ class WeightAdaptation:
         return f"{self.method}.{self.windows}"
 
     async def start(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ConfigError(f"topic {self.topic.name!r}: weight-level adaptation runs the teacher in "
+                              "torch; install it (pip install 'pseudostream[train]') or drop adapt:")
         source = self.config.teacher_dir or self.core.model_dir(self.teacher)
         if source is None or not (Path(source) / "model.pt").exists():
             raise ConfigError(f"topic {self.topic.name!r}: weight-level adaptation needs the teacher's "
