@@ -94,8 +94,7 @@ def ort_teacher(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
             "max_delay_ms": args.max_delay_ms, "intra_op_threads": args.threads}
 
 
-def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun,
-                   args: argparse.Namespace) -> dict[str, Path]:
+def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
     """int8 and bf16 candidates through the gate; their folders (only those accepted)."""
     from pseudostream.models.quantize import QuantizationError, quantize_bf16, quantize_int8
 
@@ -208,7 +207,7 @@ def run_teacher(kind: str, work: Path, args: argparse.Namespace) -> bench_report
     seconds = args.seconds * (2 if kind == "heavy" else 1)
     run = bench_report.TeacherRun(card.name, args.light_request if kind == "light" else args.heavy_request,
                                   args.max_batch, args.max_delay_ms)
-    accepted = quantize_phase(kind, teacher_dir, work, run, args)  # exports first: no threads yet
+    accepted = quantize_phase(kind, teacher_dir, work, run)  # exports first: no threads yet
     best = ort_runner(teacher_dir / MODEL_FILENAME, args.threads)
     sweep = sorted({16, 64, args.max_batch, 2 * args.max_batch} if not args.quick else {8, args.max_batch})
     run.ort_sweep = ort_sweep(best, pool, sweep, seconds / 4, rounds=1 if args.quick else 2)
