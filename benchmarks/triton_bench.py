@@ -44,7 +44,8 @@ async def measure(n: int, seconds: float, call: Callable[[int], Awaitable[int]])
         nonlocal samples
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
-            samples += await call(k)
+            got = await call(k)  # not "samples += await ...": that reads samples before the await
+            samples += got
             latencies.append(time.perf_counter() - t0)
 
     started = time.perf_counter()

@@ -74,6 +74,9 @@ class MicroBatcher:
 
     ``process(batch)`` must resolve every item's future. The queue is bounded by
     ``max_queue_samples``: ``submit`` raises Overloaded (RESOURCE_EXHAUSTED) when it is full.
+    Up to ``depth`` batches are in ``process`` at once, started in order (the pipeline overlaps
+    one batch's inference with the previous batch's selection and log append, and keeps the
+    latter in batch order); while all stages are busy the queue keeps filling the next batch.
     """
 
     def __init__(
@@ -84,8 +87,13 @@ class MicroBatcher:
         max_delay_s: float,
         max_queue_samples: int,
         name: str = "teacher",
+        depth: int = 1,
     ) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         self._process = process
+        self._slots = asyncio.Semaphore(depth)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue_samples = max_queue_samples
@@ -111,6 +119,8 @@ class MicroBatcher:
             return
         while self._queue:
             await asyncio.sleep(0.005)
+        while self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         self._task.cancel()
         try:
             await self._task
@@ -147,14 +157,23 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     pass
                 continue
+            await self._slots.acquire()  # a free stage; meanwhile the queue keeps filling
             batch = take_batch(self._queue, self.max_batch)
             self._queued = sum(item.size for item in self._queue)
             if not batch:
+                self._slots.release()
                 continue
-            try:
-                await self._process(batch)
-            except Exception as exc:  # process failed as a whole: every caller hears it
-                log.warning("batch of %d items failed: %s", len(batch), exc)
-                for item in batch:
-                    if item.future is not None and not item.future.done():
-                        item.future.set_exception(exc)
+            task = asyncio.create_task(self._run_batch(batch), name=f"batch-{self.name}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _run_batch(self, batch: list[WorkItem]) -> None:
+        try:
+            await self._process(batch)
+        except Exception as exc:  # process failed as a whole: every caller hears it
+            log.warning("batch of %d items failed: %s", len(batch), exc)
+            for item in batch:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(exc)
+        finally:
+            self._slots.release()

@@ -63,6 +63,8 @@ class TeacherConfig(_Strict):
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
+    pipeline_depth: int = Field(2, ge=1, le=8, description="batches in flight at once: the next "
+                                "batch's inference overlaps this one's selection and log append")
 
     @model_validator(mode="after")
     def _backend_has_its_settings(self) -> "TeacherConfig":

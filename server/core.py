@@ -113,7 +113,8 @@ class LabelingCore:
             pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
             batcher = MicroBatcher(pipeline.process, max_batch=tcfg.max_batch,
                                    max_delay_s=tcfg.max_delay_ms / 1000.0,
-                                   max_queue_samples=tcfg.max_queue_samples, name=name)
+                                   max_queue_samples=tcfg.max_queue_samples, name=name,
+                                   depth=tcfg.pipeline_depth)
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher

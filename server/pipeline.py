@@ -7,6 +7,7 @@ ever told a label was accepted that is not in the log.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import logging
@@ -72,11 +73,32 @@ class TeacherPipeline:
         self.topics = topics
         self.log = label_log
         self.metrics = metrics
+        # Batches enter ``process`` in order and may overlap (MicroBatcher depth > 1): inference
+        # runs as soon as a batch arrives, the labeling stage (policy state, log append) one
+        # batch at a time in arrival order, so decisions are the same as without overlap.
+        self._issued = self._labeled = 0
+        self._turn = asyncio.Condition()
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
-        x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
-        out = await self._infer(x)
+        seq, self._issued = self._issued, self._issued + 1
+        try:
+            x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
+            out: TeacherOutput | BaseException = await self._infer(x)
+        except Exception as exc:  # raised below, in this batch's turn
+            out = exc
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._labeled == seq)
+        try:
+            if isinstance(out, BaseException):
+                raise out
+            await self._label(items, x, out)
+        finally:
+            async with self._turn:
+                self._labeled += 1
+                self._turn.notify_all()
+
+    async def _label(self, items: list[WorkItem], x: np.ndarray, out: TeacherOutput) -> None:
         logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
 
         starts = np.cumsum([0] + [i.size for i in items])

@@ -98,3 +98,31 @@ async def test_micro_batcher_refuses_past_its_queue_bound_and_fails_batch_errors
     with pytest.raises(RuntimeError, match="teacher exploded"):
         await first
     await batcher.stop()
+
+
+async def test_micro_batcher_overlaps_up_to_depth_batches_and_stop_waits_for_them():
+    running, most, order = 0, 0, []
+    release = asyncio.Event()
+
+    async def process(batch: list[WorkItem]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        order.append(batch[0].ids[0])
+        await release.wait()
+        running -= 1
+        for i in batch:
+            i.future.set_result(len(i.ids))
+
+    batcher = MicroBatcher(process, max_batch=4, max_delay_s=0.0, max_queue_samples=100, depth=2)
+    batcher.start()
+    futures = [batcher.submit(item(4, topic=f"t{k}")) for k in range(5)]
+    await asyncio.sleep(0.05)
+    assert most == 2 and order == ["t00", "t10"]  # two stages busy, in submission order
+    release.set()
+    stopping = asyncio.create_task(batcher.stop())
+    assert await asyncio.gather(*futures) == [4] * 5
+    await stopping
+    assert order == ["t00", "t10", "t20", "t30", "t40"] and most == 2
+    with pytest.raises(ValueError):
+        MicroBatcher(process, max_batch=4, max_delay_s=0.0, max_queue_samples=100, depth=0)

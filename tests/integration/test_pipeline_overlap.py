@@ -1,0 +1,56 @@
+"""Overlapping batches (pipeline depth 2) keep labeling in batch order, even when a later
+batch's inference finishes first: log offsets follow submission order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend
+from pseudostream.server.batcher import MicroBatcher, WorkItem
+from pseudostream.server.config import ServiceConfig
+from pseudostream.server.labellog.sqlite import SqliteLabelLog
+from pseudostream.server.metrics import ServiceMetrics
+from pseudostream.server.pipeline import TeacherPipeline
+from pseudostream.server.topic import TopicRuntime
+
+pytestmark = pytest.mark.integration
+
+
+class SlowFirstBackend(OnnxRuntimeBackend):
+    """The real ONNX Runtime teacher whose first inference returns late."""
+
+    calls = 0
+
+    async def infer(self, batch: np.ndarray):
+        SlowFirstBackend.calls += 1
+        if SlowFirstBackend.calls == 1:
+            await asyncio.sleep(0.3)
+        return await super().infer(batch)
+
+
+async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, teacher_dir, digits):
+    config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
+                                                                          "params": {"tau": 0.0}}}},
+                           teachers={"t": {"model_dir": teacher_dir}})
+    backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
+    await backend.start()
+    log = SqliteLabelLog(tmp_path / "labels.db")
+    topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
+    pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
+    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=2)
+    batcher.start()
+    try:
+        x = np.ascontiguousarray(digits.stream_x[:16])
+        first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x[:8]))
+        await asyncio.sleep(0.05)  # the first batch is cut and waiting on its slow inference
+        second = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x[8:]))
+        a, b = await asyncio.gather(first, second)
+    finally:
+        await batcher.stop()
+        await backend.close()
+        await log.close()
+    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8, 16))
+    assert topic.samples == 16
