@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Sequence
 
 import numpy as np
@@ -43,18 +44,37 @@ def unique_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_decisions(d: Decisions, offsets: np.ndarray, version: str) -> list[bytes]:
-    """One compact JSON blob per sample."""
-    blobs = []
-    for i in range(len(d)):
-        entry = {"a": bool(d.accept[i]), "l": int(d.label[i]), "c": float(d.confidence[i]),
-                 "w": float(d.weight[i]), "t": float(d.threshold[i]), "r": str(d.reason[i]),
-                 "o": int(offsets[i]), "v": version}
-        if d.positive is not None:
-            entry["p"] = np.flatnonzero(d.positive[i]).tolist()
-        if d.negative is not None:
-            entry["n"] = np.flatnonzero(d.negative[i]).tolist()
-        blobs.append(json.dumps(entry, separators=(",", ":")).encode())
-    return blobs
+    """One compact JSON blob per sample.
+
+    Formatted column-wise from ``tolist()`` values (a third of the time of one ``json.dumps`` per
+    sample at batch 128; the blobs parse to the same objects). Multi-label decisions, which carry
+    class lists, take the general path.
+    """
+    if d.positive is not None or d.negative is not None:
+        return [_encode_one(d, offsets, version, i) for i in range(len(d))]
+    v = json.dumps(version)
+    reasons = {r: json.dumps(r) for r in set(d.reason.tolist())}
+    columns = zip(d.accept.tolist(), d.label.tolist(), d.confidence.tolist(), d.weight.tolist(),
+                  d.threshold.tolist(), d.reason.tolist(), offsets.tolist())
+    return [(f'{{"a":{"true" if a else "false"},"l":{lab},"c":{_num(c)},"w":{_num(w)},'
+             f'"t":{_num(t)},"r":{reasons[r]},"o":{o},"v":{v}}}').encode()
+            for a, lab, c, w, t, r, o in columns]
+
+
+def _num(x: float) -> str:
+    """A float as json.dumps writes it (repr; Infinity/NaN spelled as json does)."""
+    return repr(x) if math.isfinite(x) else json.dumps(x)
+
+
+def _encode_one(d: Decisions, offsets: np.ndarray, version: str, i: int) -> bytes:
+    entry = {"a": bool(d.accept[i]), "l": int(d.label[i]), "c": float(d.confidence[i]),
+             "w": float(d.weight[i]), "t": float(d.threshold[i]), "r": str(d.reason[i]),
+             "o": int(offsets[i]), "v": version}
+    if d.positive is not None:
+        entry["p"] = np.flatnonzero(d.positive[i]).tolist()
+    if d.negative is not None:
+        entry["n"] = np.flatnonzero(d.negative[i]).tolist()
+    return json.dumps(entry, separators=(",", ":")).encode()
 
 
 def decode_decisions(blobs: Sequence[bytes], num_classes: int) -> tuple[Decisions, np.ndarray, np.ndarray]:
