@@ -76,7 +76,9 @@ class MicroBatcher:
     ``max_queue_samples``: ``submit`` raises Overloaded (RESOURCE_EXHAUSTED) when it is full.
     Up to ``depth`` batches are in ``process`` at once, started in order (the pipeline overlaps
     one batch's inference with the previous batch's selection and log append, and keeps the
-    latter in batch order); while all stages are busy the queue keeps filling the next batch.
+    latter in batch order). ``gate``, if given, is awaited before cutting a partial batch (the
+    pipeline's: until no batch is in inference), so a small batch is not queued behind a running
+    inference while the queue could still fill it; a full batch is cut at once.
     """
 
     def __init__(
@@ -88,11 +90,13 @@ class MicroBatcher:
         max_queue_samples: int,
         name: str = "teacher",
         depth: int = 1,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self._process = process
         self._slots = asyncio.Semaphore(depth)
+        self._gate = gate
         self._inflight: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -158,6 +162,8 @@ class MicroBatcher:
                     pass
                 continue
             await self._slots.acquire()  # a free stage; meanwhile the queue keeps filling
+            if self._gate is not None and self._queued < self.max_batch:
+                await self._gate()  # a full batch goes at once; a partial one waits for the teacher
             batch = take_batch(self._queue, self.max_batch)
             self._queued = sum(item.size for item in self._queue)
             if not batch:

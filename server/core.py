@@ -114,7 +114,7 @@ class LabelingCore:
             batcher = MicroBatcher(pipeline.process, max_batch=tcfg.max_batch,
                                    max_delay_s=tcfg.max_delay_ms / 1000.0,
                                    max_queue_samples=tcfg.max_queue_samples, name=name,
-                                   depth=tcfg.pipeline_depth)
+                                   depth=tcfg.pipeline_depth, gate=pipeline.teacher_free)
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher

@@ -78,15 +78,28 @@ class TeacherPipeline:
         # batch at a time in arrival order, so decisions are the same as without overlap.
         self._issued = self._labeled = 0
         self._turn = asyncio.Condition()
+        self._inferring = 0
+        self._teacher_free = asyncio.Condition()
+
+    async def teacher_free(self) -> None:
+        """Return once no batch is in inference (the MicroBatcher's gate: it cuts the next batch
+        then, full-sized, instead of queueing a small one behind the running inference)."""
+        async with self._teacher_free:
+            await self._teacher_free.wait_for(lambda: self._inferring == 0)
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
         seq, self._issued = self._issued, self._issued + 1
+        self._inferring += 1
         try:
             x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
             out: TeacherOutput | BaseException = await self._infer(x)
         except Exception as exc:  # raised below, in this batch's turn
             out = exc
+        finally:
+            async with self._teacher_free:
+                self._inferring -= 1
+                self._teacher_free.notify_all()
         async with self._turn:
             await self._turn.wait_for(lambda: self._labeled == seq)
         try:
