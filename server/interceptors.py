@@ -23,28 +23,13 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_KEY = "retry-after-ms"
 
 
-def _status(exc: BaseException, context: aio.ServicerContext) -> tuple[grpc.StatusCode, str]:
-    """The status for ``exc`` (the retry hint goes into the trailing metadata)."""
+async def _abort(context: aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, PseudostreamError):
         if exc.retry_after_s is not None:
             context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))),))
-        return exc.code, str(exc)
+        await context.abort(exc.code, str(exc))
     log.exception("unexpected error in RPC", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
-
-
-async def _abort(context: aio.ServicerContext, exc: BaseException) -> None:
-    await context.abort(*_status(exc, context))
-
-
-def _end_stream(context: aio.ServicerContext, exc: BaseException) -> None:
-    """End a response stream with ``exc``'s status without raising: an AbortError raised inside
-    the response generator leaves grpc.aio a task whose exception is never retrieved, logged
-    with a traceback when garbage-collected (on CPython 3.11.7 that formatting can run nested in
-    another ast.parse and break it, gh-106905's cousin)."""
-    code, details = _status(exc, context)
-    context.set_code(code)
-    context.set_details(details)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
 
 
 def _code(context: aio.ServicerContext) -> str:
@@ -110,7 +95,7 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
             except Exception as exc:
                 if isinstance(exc, aio.AbortError):
                     raise
-                _end_stream(context, exc)
+                await _abort(context, exc)
             finally:
                 self._metrics.rpcs.labels(rpc, _code(context)).inc()
 
