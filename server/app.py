@@ -16,7 +16,7 @@ from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
 from pseudostream.server.auth import AuthInterceptor
 from pseudostream.server.config import ServiceConfig
 from pseudostream.server.core import LabelingCore
-from pseudostream.server.interceptors import ErrorMappingInterceptor
+from pseudostream.server.interceptors import ErrorMappingInterceptor, quiet_unretrieved_aborts
 from pseudostream.server.metrics import ServiceMetrics, serve_metrics
 from pseudostream.server.security import TokenStore, server_credentials
 from pseudostream.server.service import LabelerServicer
@@ -49,6 +49,7 @@ class LabelingServer:
 
     async def start(self) -> None:
         """Start the core, then listen; health turns SERVING once everything is up."""
+        quiet_unretrieved_aborts(asyncio.get_running_loop())
         await self.core.start()
         options = [
             ("grpc.max_receive_message_length", self.config.max_message_bytes),

@@ -6,6 +6,7 @@ with a generic message (the traceback goes to the log, not to the client).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from grpc import aio
 from pseudostream.server.errors import PseudostreamError
 from pseudostream.server.metrics import ServiceMetrics
 
-__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY", "rewrap"]
+__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY", "rewrap", "quiet_unretrieved_aborts"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,31 @@ async def _abort(context: aio.ServicerContext, exc: BaseException) -> None:
         await context.abort(exc.code, str(exc))
     log.exception("unexpected error in RPC", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
+
+
+def quiet_unretrieved_aborts(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` skip the traceback of one grpc.aio leftover: when a response stream ends with
+    ``context.abort``, grpc.aio keeps an internal task whose AbortError is never retrieved, and
+    asyncio logs it with a traceback when the task is garbage-collected. That can happen inside
+    another ``ast.parse`` (Python 3.11 formats tracebacks with ``ast``), which breaks CPython
+    3.11.7's AST state (``SystemError: AST constructor recursion depth mismatch``). Other
+    exceptions go to the previous handler. Idempotent."""
+    previous = loop.get_exception_handler()
+    if getattr(previous, "_pseudostream_quiet", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, aio.AbortError) and "never retrieved" in str(context.get("message", "")):
+            log.debug("grpc.aio left an aborted RPC's task unretrieved: %s", exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler._pseudostream_quiet = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 def _code(context: aio.ServicerContext) -> str:
