@@ -243,8 +243,8 @@ def _low_trust(d: Decisions, how: str) -> Decisions:
     weight = np.zeros_like(d.weight)
     if how != "reject":
         return dataclasses.replace(d, weight=weight)
-    reason = np.full(len(d), "adapter_alarm", dtype=d.reason.dtype if d.reason.dtype != object else object)
-    return dataclasses.replace(d, weight=weight, accept=np.zeros_like(d.accept), reason=reason)
+    return dataclasses.replace(d, weight=weight, accept=np.zeros_like(d.accept),
+                               reason=np.full(len(d), "adapter_alarm"))
 
 
 def _metadata_rows(group: list[WorkItem]) -> list[Mapping[str, str]] | None:
