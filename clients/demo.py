@@ -77,7 +77,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             teachers={TEACHER: teacher}, topics={TOPIC: topic},
             label_log={"path": Path(work) / "labels.db", "visibility_timeout_s": 30.0},
         )
-        report = asyncio.run(_run(config, settings, stream_x, stream_ids, test_x, splits.test_y))
+        report = asyncio.run(_run(config, settings, stream_x, stream_ids, stream_y, test_x,
+                                  splits.test_y))
         if triton is not None:
             report["triton_inference_count"] = _triton_inference_count(triton.metrics_url)
     stream_truth = dict(zip(stream_ids, stream_y.tolist()))
@@ -89,7 +90,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
 
 async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarray,
-               stream_ids: list[str], test_x: np.ndarray, test_y: np.ndarray) -> dict[str, Any]:
+               stream_ids: list[str], stream_y: np.ndarray, test_x: np.ndarray,
+               test_y: np.ndarray) -> dict[str, Any]:
     async with LabelingServer(config) as server:
         report, trainer = await label_and_train(server.address, settings, stream_x, stream_ids,
                                                 test_x, test_y)
@@ -97,7 +99,7 @@ async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarr
             from pseudostream.clients.demo_rounds import self_training_rounds
 
             report["rounds"] = await self_training_rounds(server, settings, trainer, report,
-                                                          stream_x, stream_ids, test_x, test_y)
+                                                          stream_x, stream_ids, stream_y, test_x, test_y)
     return report
 
 

@@ -33,11 +33,13 @@ AUDIT_SIZE = 240  # labelled shifted stream samples held back as the topic's aud
 
 async def self_training_rounds(server: LabelingServer, settings: DemoSettings, trainer: StudentTrainer,
                                first: dict[str, Any], stream_x: np.ndarray, stream_ids: list[str],
-                               test_x: np.ndarray, test_y: np.ndarray) -> list[dict[str, Any]]:
+                               stream_y: np.ndarray, test_x: np.ndarray,
+                               test_y: np.ndarray) -> list[dict[str, Any]]:
     """Run ``settings.rounds`` rounds (the first is the pass already made); one entry each."""
-    from pseudostream.clients.demo import TOPIC, label_and_train
+    from pseudostream.clients.demo import TOPIC, label_and_train, label_quality
 
     rounds: list[dict[str, Any]] = []
+    truth = dict(zip(stream_ids, stream_y.tolist()))
     report, accepted = first, first["_accepted"]
     trained = (0, await _log_end(server.address))
     for k in range(1, settings.rounds + 1):
@@ -47,7 +49,9 @@ async def self_training_rounds(server: LabelingServer, settings: DemoSettings, t
             "teacher_version": labeling_version,
             "teacher_accuracy_shifted": await _served_accuracy(server, test_x, test_y),
             "accepted": report["accepted"], "acceptance_rate": report["acceptance_rate"],
-            "pseudo_label_precision": _precision(accepted, stream_ids, settings, k),
+            "pseudo_label_precision": label_quality(
+                {sid.removeprefix(f"r{k}-"): label for sid, label in accepted.items()},
+                truth)["pseudo_label_precision"],
             "student_accuracy_shifted": report["student_accuracy_shifted"],
         }
         entry["trained_on_offsets"] = list(trained)
@@ -89,16 +93,6 @@ async def _served_accuracy(server: LabelingServer, x: np.ndarray, y: np.ndarray)
 
     out = await server.core.backend(TEACHER).infer(np.ascontiguousarray(x, dtype=np.float32))
     return round(float((out.logits.argmax(axis=1) == y).mean()), 4)
-
-
-def _precision(accepted: dict[str, int], stream_ids: list[str], settings: DemoSettings, k: int) -> float:
-    from pseudostream.models.digits import load_digits_splits
-
-    splits = load_digits_splits(seed=settings.seed)
-    truth = dict(zip(splits.stream_ids, splits.stream_y.tolist()))
-    prefix = "" if k == 1 else f"r{k}-"
-    correct = sum(truth[sid[len(prefix):]] == label for sid, label in accepted.items())
-    return round(correct / max(len(accepted), 1), 4)
 
 
 async def _propose(server: LabelingServer, trainer: StudentTrainer, k: int,

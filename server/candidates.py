@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -116,5 +115,4 @@ def write_teacher_dir(out: Path, model: onnx.ModelProto, card: TeacherCard, temp
     new = dataclasses.replace(card, temperature=float(temperature), fingerprint=fingerprint,
                               metrics=dict(metrics))
     new.save(out)
-    (out / "candidate.json").write_text(json.dumps({"fingerprint": fingerprint, **metrics}, indent=2))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 
 from pseudostream.server.labellog.base import LabelLog
@@ -51,9 +52,9 @@ class Lineage:
 
     async def append(self, record: VersionRecord) -> VersionRecord:
         """Store ``record`` after the existing ones; returns it."""
-        # Keys sort by time, then by a sequence number: appends from two replicas never collide.
-        seq = len(await self.log.list_state(self._space, "lineage/"))
-        key = f"lineage/{record.created_at:017.6f}-{seq:06d}"
+        # Keys sort by time; a random suffix keeps two appends in the same microsecond (from two
+        # replicas) apart without reading what is stored.
+        key = f"lineage/{record.created_at:017.6f}-{uuid.uuid4().hex[:12]}"
         await self.log.save_state(self._space, key, json.dumps(asdict(record)).encode())
         return record
 

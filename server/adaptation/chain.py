@@ -45,10 +45,6 @@ class AdapterChain:
             except TypeError as exc:
                 raise ConfigError(f"adapter {name!r}: bad params {sorted(params)}: {exc}") from None
 
-    @property
-    def needs_features(self) -> bool:
-        return any(a.needs_features for a in self.adapters)
-
     def tag(self) -> str:
         return "+".join(f"{a.name}.{self.updates}" for a in self.adapters)
 
@@ -86,11 +82,6 @@ class AdapterChain:
         self.updates = int(state.get("updates", 0))
         for adapter, s in zip(self.adapters, state.get("adapters", [])):
             adapter.load_state_dict(s)
-
-    def reset(self) -> None:
-        self.updates = 0
-        for adapter in self.adapters:
-            adapter.reset()
 
 
 def _head(model_dir: Path | None, name: str) -> dict[str, np.ndarray]:
