@@ -9,29 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from pseudostream.models.cnn import DigitsCNN
 from pseudostream.models.tta import EATAAdapter
 from pseudostream.models.tta.base import entropy_margin
 from pseudostream.models.tta.eata import eata_select, update_model_probs
 from pseudostream.server.errors import ConfigError
 
 
-def model() -> DigitsCNN:
-    """A seeded random DigitsCNN with a scaled-up head (train-mode entropies about 1.1 to 1.6)."""
-    torch.manual_seed(0)
-    net = DigitsCNN().eval()
-    with torch.no_grad():
-        net.head.weight.mul_(20)
-    return net
-
-
 def window(n: int = 48, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, 8, 8)).astype(np.float32)
 
 
-def test_entropy_margin_is_0_4_ln_c():
+def test_entropy_margin_is_0_4_ln_c(scaled_cnn):
     assert entropy_margin(10) == pytest.approx(0.4 * math.log(10))
-    assert EATAAdapter(model(), num_classes=10).e_margin == pytest.approx(0.92103, abs=1e-5)
+    assert EATAAdapter(scaled_cnn(), num_classes=10).e_margin == pytest.approx(0.92103, abs=1e-5)
 
 
 def test_filters_on_a_hand_case():
@@ -63,16 +53,16 @@ def test_moving_average_of_probabilities():
     assert update_model_probs(None, torch.zeros((0, 2))) is None
 
 
-def test_no_reliable_sample_no_update():
-    adapter = EATAAdapter(model(), num_classes=10, e_margin=0.0, lr=1e-2)
+def test_no_reliable_sample_no_update(scaled_cnn):
+    adapter = EATAAdapter(scaled_cnn(), num_classes=10, e_margin=0.0, lr=1e-2)
     before = [p.detach().clone() for p in adapter.params]
     adapter.adapt(window())
     assert adapter.updates == 0 and adapter.last_selected == 0 and adapter.model_probs is None
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, adapter.params))
 
 
-def test_hard_reset_after_t_updates():
-    adapter = EATAAdapter(model(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1,
+def test_hard_reset_after_t_updates(scaled_cnn):
+    adapter = EATAAdapter(scaled_cnn(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1,
                           reset_every=3)
     initial = [p.detach().clone() for p in adapter.params]
     for seed in range(2):
@@ -84,9 +74,9 @@ def test_hard_reset_after_t_updates():
     assert all(torch.equal(a, b.detach()) for a, b in zip(initial, adapter.params))
 
 
-def test_fisher_anchor_holds_parameters_near_the_source():
+def test_fisher_anchor_holds_parameters_near_the_source(scaled_cnn):
     clean = window(64, seed=5)
-    probe = EATAAdapter(model(), num_classes=10)
+    probe = EATAAdapter(scaled_cnn(), num_classes=10)
     fisher = probe.compute_fisher(clean)
     assert [f.shape for f in fisher] == [p.shape for p in probe.params]
     assert all(bool((f >= 0).all()) for f in fisher) and sum(float(f.sum()) for f in fisher) > 0
@@ -96,15 +86,15 @@ def test_fisher_anchor_holds_parameters_near_the_source():
             adapter.adapt(window(seed=10 + seed))
         return sum(float(((p.detach() - p0) ** 2).sum()) for p, p0 in zip(adapter.params, adapter.anchor))
 
-    free = EATAAdapter(model(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1, optimizer="sgd")
-    anchored = EATAAdapter(model(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1, optimizer="sgd",
+    free = EATAAdapter(scaled_cnn(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1, optimizer="sgd")
+    anchored = EATAAdapter(scaled_cnn(), num_classes=10, lr=1e-2, e_margin=2.0, d_margin=1.1, optimizer="sgd",
                            fisher=[f / max(float(f.max()), 1e-12) for f in fisher], fisher_alpha=50.0)
     free_drift, anchored_drift = drift(free), drift(anchored)
     assert anchored_drift < 0.5 * free_drift, (anchored_drift, free_drift)
 
 
-def test_config_errors():
+def test_config_errors(scaled_cnn):
     with pytest.raises(ConfigError):
-        EATAAdapter(model(), num_classes=10, reset_every=0)
+        EATAAdapter(scaled_cnn(), num_classes=10, reset_every=0)
     with pytest.raises(ConfigError, match="fisher"):
-        EATAAdapter(model(), num_classes=10, fisher=[torch.zeros(1)])
+        EATAAdapter(scaled_cnn(), num_classes=10, fisher=[torch.zeros(1)])

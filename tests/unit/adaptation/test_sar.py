@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pseudostream.models.cnn import DigitsCNN
 from pseudostream.models.tta import SARAdapter
 from pseudostream.models.tta.sar import sam_perturbation
 from pseudostream.server.errors import ConfigError
-
-
-def model() -> DigitsCNN:
-    """A seeded random DigitsCNN with a scaled-up head (train-mode entropies about 1.1 to 1.6)."""
-    torch.manual_seed(0)
-    net = DigitsCNN().eval()
-    with torch.no_grad():
-        net.head.weight.mul_(20)
-    return net
 
 
 def window(seed: int = 0) -> np.ndarray:
@@ -39,24 +29,24 @@ def test_sam_perturbation_by_hand():
     np.testing.assert_allclose([float(e[0]), float(e[1])], [0.03, 0.04], rtol=1e-6)
 
 
-def test_defaults_follow_the_paper():
-    sar = SARAdapter(model(), num_classes=10)
+def test_defaults_follow_the_paper(scaled_cnn):
+    sar = SARAdapter(scaled_cnn(), num_classes=10)
     assert sar.e_margin == pytest.approx(0.4 * math.log(10))
     assert (sar.rho, sar.reset_floor, sar.ema_momentum) == (0.05, 0.2, 0.9)
     assert isinstance(sar.optimizer, torch.optim.SGD) and sar.optimizer.defaults["lr"] == 0.00025
-    scaled = SARAdapter(model(), num_classes=10, reset_floor=None)
+    scaled = SARAdapter(scaled_cnn(), num_classes=10, reset_floor=None)
     assert scaled.reset_floor == pytest.approx(0.2 * math.log(10) / math.log(1000))
 
 
-def test_no_reliable_sample_no_update():
-    sar = SARAdapter(model(), num_classes=10, e_margin=0.5, lr=0.1)  # every entropy is > 1
+def test_no_reliable_sample_no_update(scaled_cnn):
+    sar = SARAdapter(scaled_cnn(), num_classes=10, e_margin=0.5, lr=0.1)  # every entropy is > 1
     before = [p.detach().clone() for p in sar.params]
     sar.adapt(window())
     assert sar.updates == 0 and sar.ema is None and params_equal(before, sar.params)
 
 
-def test_steps_move_bn_affine_and_track_the_ema():
-    sar = SARAdapter(model(), num_classes=10, e_margin=2.0, lr=0.1, reset_floor=0.0)
+def test_steps_move_bn_affine_and_track_the_ema(scaled_cnn):
+    sar = SARAdapter(scaled_cnn(), num_classes=10, e_margin=2.0, lr=0.1, reset_floor=0.0)
     before = [p.detach().clone() for p in sar.params]
     frozen = {n: p.detach().clone() for n, p in sar.model.named_parameters() if not p.requires_grad}
     sar.adapt(window(0))
@@ -69,16 +59,16 @@ def test_steps_move_bn_affine_and_track_the_ema():
     assert sar.updates == 2 and 0 < second < 2.0
 
 
-def test_recovery_when_the_ema_falls_below_the_floor():
-    sar = SARAdapter(model(), num_classes=10, e_margin=2.0, lr=0.1, reset_floor=10.0)
+def test_recovery_when_the_ema_falls_below_the_floor(scaled_cnn):
+    sar = SARAdapter(scaled_cnn(), num_classes=10, e_margin=2.0, lr=0.1, reset_floor=10.0)
     initial = [p.detach().clone() for p in sar.params]
     sar.adapt(window())
     assert sar.recoveries == 1 and sar.ema is None and sar.updates == 0
     assert params_equal(initial, sar.params)
 
 
-def test_config_errors():
+def test_config_errors(scaled_cnn):
     with pytest.raises(ConfigError):
-        SARAdapter(model(), num_classes=10, rho=-1)
+        SARAdapter(scaled_cnn(), num_classes=10, rho=-1)
     with pytest.raises(ConfigError):
-        SARAdapter(model(), num_classes=10, ema_momentum=1.0)
+        SARAdapter(scaled_cnn(), num_classes=10, ema_momentum=1.0)

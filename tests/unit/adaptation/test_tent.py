@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pseudostream.models.cnn import DigitsCNN
 from pseudostream.models.tta import TentAdapter
 from pseudostream.models.tta.base import softmax_entropy
 from pseudostream.server.errors import ConfigError
-
-
-def model() -> DigitsCNN:
-    """A seeded random DigitsCNN whose head is scaled up, so its predictions are not uniform."""
-    torch.manual_seed(0)
-    net = DigitsCNN().eval()
-    with torch.no_grad():
-        net.head.weight.mul_(20)
-    return net
 
 
 def window(n: int = 48) -> np.ndarray:
@@ -34,8 +24,8 @@ def train_mode_entropy(adapter: TentAdapter, x: np.ndarray) -> float:
     return value
 
 
-def test_only_bn_affine_parameters_change():
-    adapter = TentAdapter(model(), lr=1e-2)
+def test_only_bn_affine_parameters_change(scaled_cnn):
+    adapter = TentAdapter(scaled_cnn(), lr=1e-2)
     before = {k: v.detach().clone() for k, v in adapter.model.named_parameters()}
     adapter.adapt(window())
     assert adapter.updates == 1
@@ -47,9 +37,9 @@ def test_only_bn_affine_parameters_change():
 
 
 @pytest.mark.parametrize("optimizer,lr", [("adam", 1e-2), ("sgd", 0.1)])
-def test_entropy_on_the_window_drops(optimizer, lr):
+def test_entropy_on_the_window_drops(optimizer, lr, scaled_cnn):
     x = window()
-    adapter = TentAdapter(model(), optimizer=optimizer, lr=lr, steps=5, bn_prior=0)
+    adapter = TentAdapter(scaled_cnn(), optimizer=optimizer, lr=lr, steps=5, bn_prior=0)
     start_train, start_served = train_mode_entropy(adapter, x), float(softmax_entropy(
         torch.from_numpy(adapter.logits(x))).mean())
     adapter.adapt(x)
@@ -59,8 +49,8 @@ def test_entropy_on_the_window_drops(optimizer, lr):
     assert served < start_served
 
 
-def test_reset_restores_weights_and_optimizer():
-    adapter = TentAdapter(model(), lr=1e-2)
+def test_reset_restores_weights_and_optimizer(scaled_cnn):
+    adapter = TentAdapter(scaled_cnn(), lr=1e-2)
     initial = adapter.fingerprint()
     x = window()
     adapter.adapt(x)
@@ -72,9 +62,9 @@ def test_reset_restores_weights_and_optimizer():
     assert adapter.fingerprint() == after_one
 
 
-def test_state_dict_round_trip():
+def test_state_dict_round_trip(scaled_cnn):
     x = window()
-    a, b = TentAdapter(model(), lr=1e-2), TentAdapter(model(), lr=1e-2)
+    a, b = TentAdapter(scaled_cnn(), lr=1e-2), TentAdapter(scaled_cnn(), lr=1e-2)
     a.adapt(x)
     b.load_state_dict(a.state_dict())
     a.adapt(x)
@@ -82,6 +72,6 @@ def test_state_dict_round_trip():
     assert a.fingerprint() == b.fingerprint() and b.updates == 2
 
 
-def test_bad_optimizer():
+def test_bad_optimizer(scaled_cnn):
     with pytest.raises(ConfigError, match="optimizer"):
-        TentAdapter(model(), optimizer="rmsprop")
+        TentAdapter(scaled_cnn(), optimizer="rmsprop")
