@@ -165,10 +165,10 @@ def test_cli_proposes_a_torch_checkpoint_and_shows_history(make_config, audit_np
     (tmp_path / "svc.yaml").write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "pseudostream.clients.cli"]
     server = subprocess.Popen(cli + ["serve", "--config", str(tmp_path / "svc.yaml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     target = f"127.0.0.1:{port}"
     try:
-        _wait_ready(target, server)
+        assert f"serving on {target}" in server.stdout.readline()  # printed once ready
         done = subprocess.run(cli + ["teacher", "propose", "--topic", "digits", "--checkpoint", str(ckpt),
                                      "--trained-on", "0:64", "--target", target],
                               capture_output=True, text=True, timeout=180, check=False)
@@ -182,21 +182,3 @@ def test_cli_proposes_a_torch_checkpoint_and_shows_history(make_config, audit_np
         server.terminate()
         server.wait(timeout=30)
 
-
-def _wait_ready(target, proc, timeout_s=60.0):
-    import time
-
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-2000:]
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"service at {target} not ready")
