@@ -59,7 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heavy-request", type=int, default=16, help="samples per request, heavy teacher")
     p.add_argument("--max-batch", type=int, default=128)
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="ONNX Runtime intra-op threads of the raw baseline (a)")
+    p.add_argument("--service-workers", type=int, default=os.cpu_count() or 1,
+                   help="the service's inference_workers (batches run at once)")
+    p.add_argument("--service-threads", type=int, default=1, help="the service's intra_op_threads")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--triton-queue-delay-us", type=int, default=2000,
@@ -90,8 +94,12 @@ def topic_config(kind: str) -> dict[str, Any]:
 
 
 def ort_teacher(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The service's teacher: ``--service-workers`` batches at once with ``--service-threads``
+    intra-op threads each (the raw baseline keeps one session run over ``--threads``)."""
     return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batch,
-            "max_delay_ms": args.max_delay_ms, "intra_op_threads": args.threads}
+            "max_delay_ms": args.max_delay_ms, "intra_op_threads": args.service_threads,
+            "inference_workers": args.service_workers,
+            "pipeline_depth": max(2, args.service_workers + 1)}
 
 
 def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
              "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
              "seconds_heavy": 2 * args.seconds, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-             "ort_threads": args.threads, "triton_queue_delay_us": args.triton_queue_delay_us,
+             "ort_threads": args.threads, "service_workers": args.service_workers,
+             "service_intra_op_threads": args.service_threads, "triton_queue_delay_us": args.triton_queue_delay_us,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)

@@ -60,6 +60,11 @@ class TeacherConfig(_Strict):
     triton: TritonSettings | None = Field(None, description="triton: server and model")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: ORT's default)")
     providers: list[str] | None = Field(None, description="ORT execution providers, best first")
+    inference_workers: int = Field(1, ge=1, le=64, description="onnxruntime: batches run at once, "
+                                   "each with intra_op_threads (on CPU, a small teacher runs "
+                                   "fastest with one worker per core and intra_op_threads 1)")
+    spin_wait: bool = Field(False, description="onnxruntime: idle intra-op threads busy-wait for "
+                            "work (ORT's own default; costs cores the event loop needs)")
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
@@ -72,6 +77,10 @@ class TeacherConfig(_Strict):
             raise ValueError("backend onnxruntime needs model_dir (model.onnx + teacher.json)")
         if self.backend == "triton" and self.triton is None:
             raise ValueError("backend triton needs a triton section: {url, model}")
+        if self.pipeline_depth <= self.inference_workers and self.inference_workers > 1:
+            raise ValueError(f"pipeline_depth {self.pipeline_depth} keeps at most that many batches "
+                             f"in flight, too few to feed {self.inference_workers} inference_workers "
+                             "and label at the same time: set pipeline_depth to inference_workers + 1")
         return self
 
 

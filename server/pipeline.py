@@ -12,6 +12,7 @@ import dataclasses
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -19,12 +20,7 @@ import numpy as np
 
 from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
 from pseudostream.server.batcher import WorkItem
-from pseudostream.server.idempotency import (
-    concat_decisions,
-    decode_decisions,
-    encode_decisions,
-    unique_rows,
-)
+from pseudostream.server.idempotency import concat_decisions, decode_decisions, encode_decisions, unique_rows
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
 from pseudostream.server.selection import Decisions, PolicyBatch
@@ -33,6 +29,10 @@ from pseudostream.server.topic import TopicRuntime
 __all__ = ["LabelOutcome", "TeacherPipeline", "calibrated"]
 
 log = logging.getLogger(__name__)
+
+# Labeled batches whose idempotency entries are kept in memory: more than can be in flight
+# (pipeline depth is at most 8), so every batch labeled after a recall was asked is here.
+_FRESH_BATCHES = 10
 
 
 @dataclass
@@ -80,17 +80,23 @@ class TeacherPipeline:
         self._turn = asyncio.Condition()
         self._inferring = 0
         self._teacher_free = asyncio.Condition()
+        # Idempotency: a batch's recall is asked for when the batch arrives, beside its
+        # inference. Batches labeled after that question keep their entries here, by labeling
+        # number, so the answer is completed with them (a retry of an id still in flight).
+        self._fresh: dict[str, deque[tuple[int, dict[str, bytes]]]] = {}
 
     async def teacher_free(self) -> None:
-        """Return once no batch is in inference (the MicroBatcher's gate: it cuts the next batch
-        then, full-sized, instead of queueing a small one behind the running inference)."""
+        """Return once the backend has a free worker (the MicroBatcher's gate: it cuts the next
+        batch then, full-sized, instead of queueing a small one behind running inferences)."""
+        workers = self.backend.concurrency
         async with self._teacher_free:
-            await self._teacher_free.wait_for(lambda: self._inferring == 0)
+            await self._teacher_free.wait_for(lambda: self._inferring < workers)
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
         seq, self._issued = self._issued, self._issued + 1
         self._inferring += 1
+        recalls = self._recall(items)
         try:
             x = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
             out: TeacherOutput | BaseException = await self._infer(x)
@@ -105,13 +111,44 @@ class TeacherPipeline:
         try:
             if isinstance(out, BaseException):
                 raise out
-            await self._label(items, x, out)
+            await self._label(items, x, out, recalls, seq)
         finally:
+            for pending in recalls.values():
+                pending.cancel()
             async with self._turn:
                 self._labeled += 1
                 self._turn.notify_all()
 
-    async def _label(self, items: list[WorkItem], x: np.ndarray, out: TeacherOutput) -> None:
+    def _recall(self, items: list[WorkItem]) -> dict[str, asyncio.Future]:
+        """Start asking the log which ids of ``items`` it remembers, per topic with a window;
+        each answer comes with the labeling number it was asked at."""
+        asked: dict[str, list[str]] = {}
+        for item in items:
+            if self.topics[item.topic].config.idempotency_window_s:
+                asked.setdefault(item.topic, []).extend(item.ids)
+        labeled = self._labeled
+        recalls: dict[str, asyncio.Future] = {}
+        for topic, ids in asked.items():
+            recalls[topic] = asyncio.ensure_future(self._recall_one(topic, ids, labeled))
+            recalls[topic].add_done_callback(_retrieve)
+        return recalls
+
+    async def _recall_one(self, topic: str, ids: list[str], labeled: int) -> tuple[dict[str, bytes], int]:
+        return await self.log.recall(topic, ids), labeled
+
+    def _known(self, topic: str, ids: np.ndarray, answer: tuple[dict[str, bytes], int]) -> dict[str, bytes]:
+        """The log's answer, plus the entries of batches labeled since it was asked for."""
+        known, asked_at = answer
+        later = [entries for seq, entries in self._fresh.get(topic, ()) if seq >= asked_at]
+        if later:
+            wanted = set(ids.tolist())
+            known = dict(known)
+            for entries in later:
+                known.update((sid, entries[sid]) for sid in entries.keys() & wanted)
+        return known
+
+    async def _label(self, items: list[WorkItem], x: np.ndarray, out: TeacherOutput,
+                     recalls: Mapping[str, asyncio.Future], seq: int) -> None:
         logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
 
         starts = np.cumsum([0] + [i.size for i in items])
@@ -121,8 +158,11 @@ class TeacherPipeline:
         for topic_name, members in by_topic.items():
             group = [items[k] for k in members]
             try:
+                known = self._known(topic_name, np.concatenate([np.asarray(i.ids, dtype=object) for i in group]),
+                                    await recalls[topic_name]) if topic_name in recalls else {}
                 parts = await self._label_topic(self.topics[topic_name], group, starts[members],
-                                                x, logits, probs, out.teacher_version, out.features)
+                                                x, logits, probs, out.teacher_version, out.features,
+                                                known, seq)
             except Exception as exc:
                 log.warning("topic %s: batch failed: %s", topic_name, exc)
                 for item in group:
@@ -146,13 +186,12 @@ class TeacherPipeline:
 
     async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
                            x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
-                           version: str, features: np.ndarray | None = None) -> list[LabelOutcome]:
+                           version: str, features: np.ndarray | None,
+                           known: Mapping[str, bytes], seq: int) -> list[LabelOutcome]:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
         metadata = _metadata_rows(group)
-        window = topic.config.idempotency_window_s
-        known = await self.log.recall(topic.name, ids.tolist()) if window else {}
         first, inverse = unique_rows(ids)
         is_new = np.array([ids[k] not in known for k in first], bool)
         parts: list[tuple[Decisions, np.ndarray, np.ndarray]] = []
@@ -161,11 +200,8 @@ class TeacherPipeline:
             meta = None if metadata is None else [metadata[k] for k in new]
             trusted = np.concatenate([np.full(i.size, i.trusted) for i in group])[new]
             d, offsets, labeled_by = await self._decide(topic, rows[new], ids[new], x, logits, probs,
-                                                        version, meta, trusted, features)
+                                                        version, meta, trusted, features, seq)
             parts.append((d, offsets, np.full(new.size, labeled_by, dtype=object)))
-            if window:
-                blobs = encode_decisions(d, offsets, labeled_by)
-                await self.log.remember(topic.name, dict(zip(ids[new].tolist(), blobs)), window)
         if not is_new.all():  # retries: the first decision, not a second one
             parts.append(decode_decisions([known[ids[k]] for k in first[~is_new]], topic.teacher.num_classes))
         position = np.empty(first.size, np.int64)
@@ -183,9 +219,10 @@ class TeacherPipeline:
     async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
                       logits: np.ndarray, probs: np.ndarray, version: str,
                       metadata: list[Mapping[str, str]] | None, trusted: np.ndarray,
-                      features: np.ndarray | None = None) -> tuple[Decisions, np.ndarray, str]:
+                      features: np.ndarray | None, seq: int) -> tuple[Decisions, np.ndarray, str]:
         """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else),
-        and the teacher version (with the adapter state, if any) that labeled them."""
+        and the teacher version (with the adapter state, if any) that labeled them. The
+        decisions are remembered for the idempotency window in the same log call."""
         p, alarm = probs[rows], False
         if topic.weight is not None and not topic.weight.online:  # adapt-then-label
             p, tag, alarm = await topic.weight.label_window(x[rows], trusted)
@@ -206,6 +243,7 @@ class TeacherPipeline:
         # Audited samples are scored, never streamed to trainers.
         logged = decisions.accept if truth is None else decisions.accept & (truth < 0)
         accepted = np.flatnonzero(logged)
+        batch = None
         if accepted.size:
             batch = LabelBatch(
                 ids=ids[accepted].tolist(),
@@ -220,7 +258,22 @@ class TeacherPipeline:
                 positive=None if decisions.positive is None else decisions.positive[accepted],
                 negative=None if decisions.negative is None else decisions.negative[accepted],
             )
-            offsets[accepted] = await self.log.append(topic.name, batch)
+        window = topic.config.idempotency_window_s
+        remembered: list[dict[str, bytes]] = []
+
+        def entries(appended: np.ndarray) -> dict[str, bytes]:
+            numbered = offsets.copy()
+            numbered[accepted] = appended
+            remembered.append(dict(zip(ids.tolist(), encode_decisions(decisions, numbered, version))))
+            return remembered[-1]
+
+        if batch is not None or window:
+            offsets[accepted] = await self.log.append_and_remember(topic.name, batch,
+                                                                   entries if window else None, window)
+        if remembered:
+            fresh = self._fresh.setdefault(topic.name, deque(maxlen=_FRESH_BATCHES))
+            fresh.append((seq, remembered[0]))
+        if accepted.size:
             self.metrics.appended.labels(topic.name).inc(int(accepted.size))
         self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
                                        decisions.label, decisions.reason, decisions.confidence)
@@ -236,6 +289,12 @@ class TeacherPipeline:
         out = await self._infer(topic.views.augment(x))
         _, extra = calibrated(out.logits, out.temperature, self.backend.metadata.task)
         return np.concatenate([probs[None], extra.reshape(topic.views.count - 1, *probs.shape)])
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a recall's failure as seen: it is raised where the answer is awaited, if it is."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _low_trust(d: Decisions, how: str) -> Decisions:

@@ -17,6 +17,8 @@ def make_backend(config: TeacherConfig) -> TeacherBackend:
             config.model_dir,
             intra_op_threads=config.intra_op_threads,
             providers=config.providers,
+            workers=config.inference_workers,
+            spin=config.spin_wait,
         )
     if config.backend == "triton":
         from pseudostream.server.backends.triton import TritonBackend  # the [triton] extra

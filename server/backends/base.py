@@ -67,6 +67,12 @@ class TeacherBackend(ABC):
         """Whether the teacher can serve now (the service's readiness follows it)."""
         return True
 
+    @property
+    def concurrency(self) -> int:
+        """Batches this backend runs at once (the pipeline cuts a partial batch only while fewer
+        are in inference)."""
+        return 1
+
     @abstractmethod
     async def rollback(self, version: str) -> str:
         """Serve the earlier ``version`` again (UnknownName if this backend never served it)."""

@@ -18,7 +18,7 @@ __all__ = ["batch_rows", "to_record", "class_lists"]
 
 
 def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
-    """The batch as row tuples in ``_RECORD_COLUMNS`` order, without the offset."""
+    """The batch as row tuples in ``RECORD_COLUMNS`` order (_sqlite_schema), without the offset."""
     n = len(batch)
     columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
                "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -129,6 +129,18 @@ class LabelLog(ABC):
     @abstractmethod
     async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
         """The unexpired blobs ``remember`` kept for any of ``ids``."""
+
+    async def append_and_remember(
+        self, topic: str, batch: LabelBatch | None,
+        entries: Callable[[np.ndarray], Mapping[str, bytes]] | None, ttl_s: float,
+    ) -> np.ndarray:
+        """``append(batch)`` (None or empty: nothing), then ``remember(entries(offsets))``: one
+        labeled batch's log records and its idempotency entries, which name those offsets.
+        Returns the offsets. Logs that can do both in one transaction override this."""
+        offsets = np.empty(0, dtype=np.int64) if batch is None or not len(batch) else await self.append(topic, batch)
+        if entries is not None:
+            await self.remember(topic, entries(offsets), ttl_s)
+        return offsets
 
     @abstractmethod
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:

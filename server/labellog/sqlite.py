@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._rows import batch_rows as _batch_rows
-from pseudostream.server.labellog._rows import to_record as _to_record
+from pseudostream.server.labellog._rows import batch_rows as _batch_rows, to_record as _to_record
+from pseudostream.server.labellog._sqlite_schema import INSERT_RECORD, RECORD_COLUMNS, SCHEMA
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
@@ -25,36 +25,6 @@ logger = logging.getLogger(__name__)
 
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _IN_CHUNK = 500  # offsets per "IN (...)" query, well under SQLite's bound-parameter limit
-
-# records keeps its rowid: rows may carry large sample blobs, which WITHOUT ROWID tables handle
-# badly. The small bookkeeping tables are clustered on their keys instead.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records(
-    topic TEXT NOT NULL, offset INTEGER NOT NULL, sample_id TEXT NOT NULL, label INTEGER NOT NULL,
-    confidence REAL NOT NULL, weight REAL NOT NULL, threshold REAL NOT NULL,
-    teacher_version TEXT NOT NULL, policy TEXT NOT NULL, created_at REAL NOT NULL,
-    sample BLOB, shape TEXT, dtype TEXT, metadata TEXT NOT NULL DEFAULT '{}', classes TEXT,
-    PRIMARY KEY(topic, offset));
-CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS groups(topic TEXT NOT NULL, grp TEXT NOT NULL, cursor INTEGER NOT NULL,
-    PRIMARY KEY(topic, grp)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending(topic TEXT NOT NULL, grp TEXT NOT NULL, offset INTEGER NOT NULL,
-    consumer TEXT NOT NULL, deadline REAL NOT NULL, deliveries INTEGER NOT NULL,
-    PRIMARY KEY(topic, grp, offset)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pending_by_consumer ON pending(topic, grp, consumer);
-CREATE INDEX IF NOT EXISTS pending_by_deadline ON pending(topic, grp, deadline);
-CREATE TABLE IF NOT EXISTS state(topic TEXT NOT NULL, key TEXT NOT NULL, blob BLOB NOT NULL,
-    PRIMARY KEY(topic, key));
-CREATE TABLE IF NOT EXISTS recent(topic TEXT NOT NULL, sample_id TEXT NOT NULL, blob BLOB NOT NULL,
-    expires REAL NOT NULL, PRIMARY KEY(topic, sample_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recent_by_expiry ON recent(topic, expires);
-"""
-
-_RECORD_COLUMNS = (
-    "offset, sample_id, label, confidence, weight, threshold, teacher_version, policy, "
-    "created_at, sample, shape, dtype, metadata, classes"
-)
 
 
 class SqliteLabelLog(LabelLog):
@@ -195,6 +165,18 @@ class SqliteLabelLog(LabelLog):
         """The unexpired blobs remembered for ``ids``."""
         return await self._call("recall", self._recall, topic, list(ids), time.time())
 
+    async def append_and_remember(
+        self, topic: str, batch: LabelBatch | None,
+        entries: Callable[[np.ndarray], Mapping[str, bytes]] | None, ttl_s: float,
+    ) -> np.ndarray:
+        """Records and idempotency entries in one transaction: one trip to the worker thread."""
+        now = time.time()
+        rows = _batch_rows(batch, now) if batch is not None else []
+        first = await self._call("append", self._append_remember_tx, topic, rows, entries, now, ttl_s)
+        if rows:
+            self._wake(topic)
+        return np.arange(first, first + len(rows), dtype=np.int64)
+
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:
         """Store ``blob`` under (topic, key), replacing any earlier one."""
         sql = "INSERT OR REPLACE INTO state(topic, key, blob) VALUES (?, ?, ?)"
@@ -257,7 +239,7 @@ class SqliteLabelLog(LabelLog):
                 logger.warning("label log %s runs in journal mode %r, not WAL", self.path, mode)
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             released = conn.execute("UPDATE pending SET deadline = 0").rowcount  # restart rule
             if released:
                 logger.info("label log %s: released %d pending deliveries", self.path, released)
@@ -288,21 +270,24 @@ class SqliteLabelLog(LabelLog):
             return conn.execute(sql, params).rowcount
 
     def _append_tx(self, topic: str, rows: list[tuple]) -> int:
-        with self._transaction() as conn:
-            first = self._scalar(
-                "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
-            )
-            conn.executemany(
-                f"INSERT INTO records(topic, {_RECORD_COLUMNS}) "
-                "VALUES (" + ", ".join("?" * (2 + _RECORD_COLUMNS.count(","))) + ")",
-                [(topic, first + i, *r) for i, r in enumerate(rows)],
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
-                (topic, first + len(rows)),
-            )
-            if self.max_len is not None or self.max_age_s is not None:
-                self._trim(conn, topic, first + len(rows))
+        with self._transaction():
+            return self._append_rows(topic, rows)
+
+    def _append_rows(self, topic: str, rows: list[tuple]) -> int:
+        """Inside a transaction: the rows at the topic's next offsets; returns the first."""
+        conn = self._conn
+        first = self._scalar(
+            "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
+        )
+        conn.executemany(
+            INSERT_RECORD, [(topic, first + i, *r) for i, r in enumerate(rows)],
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
+            (topic, first + len(rows)),
+        )
+        if self.max_len is not None or self.max_age_s is not None:
+            self._trim(conn, topic, first + len(rows))
         return first
 
     def _trim(self, conn: sqlite3.Connection, topic: str, end: int) -> None:
@@ -369,9 +354,24 @@ class SqliteLabelLog(LabelLog):
         return records, next_due
 
     def _remember(self, topic: str, rows: list[tuple], now: float) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
-            conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)", rows)
+        with self._transaction():
+            self._remember_rows(topic, rows, now)
+
+    def _remember_rows(self, topic: str, rows: list[tuple], now: float) -> None:
+        self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
+        self._conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)", rows)
+
+    def _append_remember_tx(self, topic: str, rows: list[tuple],
+                            entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
+                            now: float, ttl_s: float) -> int:
+        with self._transaction():
+            first = self._append_rows(topic, rows) if rows else 0
+            if entries is not None:
+                offsets = np.arange(first, first + len(rows), dtype=np.int64)
+                expires = now + ttl_s
+                self._remember_rows(topic, [(topic, sid, bytes(blob), expires)
+                                            for sid, blob in entries(offsets).items()], now)
+        return first
 
     def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -390,7 +390,7 @@ class SqliteLabelLog(LabelLog):
         for i in range(0, len(offsets), _IN_CHUNK):
             chunk = offsets[i : i + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE topic = ? AND offset IN ({marks})"
+            sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE topic = ? AND offset IN ({marks})"
             rows.update((r[0], r) for r in self._conn.execute(sql, (topic, *chunk)))
         return [_to_record(rows[off], n) for off, n in order if not skip_missing or off in rows]
 

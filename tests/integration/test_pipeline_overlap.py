@@ -54,3 +54,37 @@ async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, t
         await log.close()
     assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8, 16))
     assert topic.samples == 16
+
+
+async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(tmp_path, teacher_dir, digits):
+    """The retry's batch asks the log before the first copy's batch is labeled (the recall runs
+    beside inference); it still gets the first decision and no second record."""
+    config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
+                                                                          "params": {"tau": 0.0}}}},
+                           teachers={"t": {"model_dir": teacher_dir}})
+    SlowFirstBackend.calls = 0
+    backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
+    await backend.start()
+    log = SqliteLabelLog(tmp_path / "labels.db")
+    topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
+    pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
+    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=3)
+    batcher.start()
+    try:
+        x = np.ascontiguousarray(digits.stream_x[:8])
+        ids = [f"a{i}" for i in range(8)]
+        first = batcher.submit(WorkItem("digits", ids, x))
+        await asyncio.sleep(0.05)  # cut, its recall answered (nothing), its inference slow
+        retry = batcher.submit(WorkItem("digits", ids, x))
+        fresh = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x))
+        a, b, c = await asyncio.gather(first, retry, fresh)
+        end = await log.end_offset("digits")
+    finally:
+        await batcher.stop()
+        await backend.close()
+        await log.close()
+    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8))
+    assert (b.decisions.label == a.decisions.label).all()
+    assert (b.decisions.confidence == a.decisions.confidence).all()
+    assert list(c.offsets) == list(range(8, 16)) and end == 16
+    assert topic.samples == 16  # the retry did not move the policy

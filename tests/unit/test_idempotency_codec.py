@@ -1,5 +1,5 @@
-"""The idempotency window's decision blobs: the column-wise encoder writes what json.dumps would,
-and decode gives the decisions back, for multi-class and multi-label decisions."""
+"""The idempotency window's decision blobs: packed records for single-label decisions, JSON for
+multi-label ones (and for entries written before packing); decode gives the decisions back."""
 
 from __future__ import annotations
 
@@ -22,16 +22,34 @@ def _decisions(n: int, multilabel: bool = False) -> Decisions:
                      negative=rng.random((n, 5)) > 0.8 if multilabel else None)
 
 
-def test_fast_encoder_matches_json_dumps_and_round_trips():
+def test_packed_blobs_round_trip_exactly():
     d, offsets = _decisions(50), np.arange(100, 150)
     blobs = encode_decisions(d, offsets, 'v"2+prior_em.3')
-    assert [json.loads(b) for b in blobs] == [json.loads(_encode_one(d, offsets, 'v"2+prior_em.3', i))
-                                              for i in range(50)]
+    assert len(blobs) == 50 and all(b[:1] == b"\x01" for b in blobs)
     back, offs, versions = decode_decisions(blobs, 5)
     assert np.array_equal(back.accept, d.accept) and np.array_equal(back.label, d.label)
-    assert np.array_equal(back.confidence, d.confidence) and np.array_equal(back.threshold, d.threshold)
+    assert np.array_equal(back.confidence, d.confidence) and np.array_equal(back.weight, d.weight)
+    assert np.array_equal(back.threshold, d.threshold)  # inf included
     assert list(back.reason) == list(d.reason) and list(offs) == list(offsets)
     assert set(versions) == {'v"2+prior_em.3'}
+
+
+def test_all_accepted_empty_version_and_non_ascii_reasons_round_trip():
+    d = _decisions(6)
+    d = Decisions(**{**d.__dict__, "reason": np.array(["", "", "é", "", "", ""])})
+    for version in ("", "12+tent.100"):
+        back, _, versions = decode_decisions(encode_decisions(d, np.arange(6), version), 5)
+        assert list(back.reason) == list(d.reason) and set(versions) == {version}
+
+
+def test_json_blobs_of_earlier_releases_still_decode():
+    """Entries remembered before an upgrade are JSON; they stay readable for the window."""
+    d, offsets = _decisions(10), np.arange(10)
+    old = [_encode_one(d, offsets, "3", i) for i in range(10)]
+    back, offs, versions = decode_decisions(old[:5] + encode_decisions(d, offsets, "3")[5:], 5)
+    assert np.array_equal(back.label, d.label) and np.array_equal(back.confidence, d.confidence)
+    assert list(back.reason) == list(d.reason) and list(offs) == list(offsets)
+    assert json.loads(old[0])["v"] == "3" and set(versions) == {"3"}
 
 
 def test_multilabel_blobs_keep_their_class_lists():

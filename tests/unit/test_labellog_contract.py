@@ -298,6 +298,25 @@ async def test_remember_and_recall_within_the_window(log):
     assert await log.recall("t", ["a", "b"]) == {}  # expired
 
 
+async def test_append_and_remember_names_the_offsets_it_gave(log):
+    await log.append("t", make_batch(3, prefix="before"))
+    seen: list[list[int]] = []
+
+    def entries(offsets: np.ndarray) -> dict[str, bytes]:
+        seen.append(offsets.tolist())
+        return {f"s{i}": str(o).encode() for i, o in enumerate(offsets.tolist())} | {"rejected": b"-1"}
+
+    got = await log.append_and_remember("t", make_batch(2), entries, ttl_s=10)
+    assert got.tolist() == [3, 4] and seen == [[3, 4]]
+    assert await log.recall("t", ["s0", "s1", "rejected", "nope"]) == {"s0": b"3", "s1": b"4",
+                                                                          "rejected": b"-1"}
+    assert [r.sample_id for r in await log.get("t", [3, 4])] == ["s0", "s1"]
+    # Nothing accepted: only the entries; no entries (window 0): only the records.
+    assert (await log.append_and_remember("t", None, lambda o: {"r2": b"-1"}, ttl_s=10)).size == 0
+    assert await log.recall("t", ["r2"]) == {"r2": b"-1"} and await log.end_offset("t") == 5
+    assert (await log.append_and_remember("t", make_batch(1, prefix="z"), None, ttl_s=10)).tolist() == [5]
+
+
 async def test_list_and_delete_state_by_prefix(log):
     await log.save_state("t", "sync/1/a", b"1a")
     await log.save_state("t", "sync/1/b", b"1b")
