@@ -11,6 +11,7 @@ median round.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,15 +26,21 @@ __all__ = ["ort_runner", "run_for", "ort_sweep", "interleaved"]
 Runner = Callable[[np.ndarray], Any]
 
 
-def ort_runner(model: str | Path, threads: int, input_name: str = "input") -> Runner:
+def ort_runner(model: str | Path, threads: int, input_name: str = "input", workers: int = 1) -> Runner:
     """``run(x)`` on an ONNX Runtime CPU session with ``threads`` intra-op threads (as the
-    service's embedded backend builds it)."""
+    service's embedded backend builds it). With ``workers`` > 1, ``x`` is split in that many
+    equal parts run at once on their own threads through the one session (the service's
+    ``inference_workers``), so a call of ``workers * b`` rows is ``workers`` batches of ``b``."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
-    return lambda x: session.run(outputs, {input_name: x})
+    if workers == 1:
+        return lambda x: session.run(outputs, {input_name: x})
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raw-ort")
+    return lambda x: list(pool.map(lambda part: session.run(outputs, {input_name: part}),
+                                   np.array_split(x, workers)))
 
 
 def run_for(run: Runner, x: np.ndarray, seconds: float) -> dict[str, float]:

@@ -40,3 +40,10 @@ def test_errors_name_the_field(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(bad)
+
+
+def test_inference_workers_need_a_deep_enough_pipeline():
+    with pytest.raises(ConfigError, match="set pipeline_depth to inference_workers \\+ 1"):
+        load_config(teachers={"t": {"model_dir": "/m", "inference_workers": 2}})
+    cfg = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": 2, "pipeline_depth": 3}})
+    assert cfg.teachers["t"].inference_workers == 2 and cfg.teachers["t"].spin_wait is False
