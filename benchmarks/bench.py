@@ -61,9 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="ONNX Runtime intra-op threads of the raw baseline (a)")
-    p.add_argument("--service-workers", type=int, default=os.cpu_count() or 1,
-                   help="the service's inference_workers (batches run at once)")
-    p.add_argument("--service-threads", type=int, default=1, help="the service's intra_op_threads")
+    cores = os.cpu_count() or 1
+    p.add_argument("--light-layout", default=f"{cores}x1",
+                   help="the service's inference_workers x intra_op_threads, light teacher (many small batches)")
+    p.add_argument("--heavy-layout", default=f"1x{cores}",
+                   help="the same, heavy teacher (few large batches: one run over every core)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--triton-queue-delay-us", type=int, default=2000,
@@ -74,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.teachers, args.producers, args.seconds, args.rounds = "light", "1,2", 0.5, 1
         args.light_request, args.no_triton = 16, True
+    args.layouts = {kind: tuple(int(v) for v in getattr(args, f"{kind}_layout").split("x"))
+                    for kind in ("light", "heavy")}
     args.kinds = [k.strip() for k in args.teachers.split(",") if k.strip()]
     args.ns = [int(n) for n in args.producers.split(",")]
     return args
@@ -93,13 +97,12 @@ def topic_config(kind: str) -> dict[str, Any]:
     return {"policy": {"name": "fixed", "params": {"tau": 0.95 if kind == "light" else 0.0}}}
 
 
-def ort_teacher(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The service's teacher: ``--service-workers`` batches at once with ``--service-threads``
-    intra-op threads each (the raw baseline keeps one session run over ``--threads``)."""
+def ort_teacher(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The service's teacher: ``--KIND-layout`` = inference_workers x intra_op_threads."""
+    workers, threads = args.layouts[kind]
     return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batch,
-            "max_delay_ms": args.max_delay_ms, "intra_op_threads": args.service_threads,
-            "inference_workers": args.service_workers,
-            "pipeline_depth": max(2, args.service_workers + 1)}
+            "max_delay_ms": args.max_delay_ms, "intra_op_threads": threads,
+            "inference_workers": workers, "pipeline_depth": max(2, workers + 1)}
 
 
 def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
@@ -146,7 +149,7 @@ async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: ben
     is the limit that window is compared with), then the half-load p99."""
     x = np.ascontiguousarray(pool[:run.request_samples])
     best_x = np.ascontiguousarray(np.resize(pool, (run.ort_sweep["best_batch"], *pool.shape[1:])))
-    with ServiceProcess(work, run.teacher, ort_teacher(teacher_dir, args), topic_config(kind)) as svc:
+    with ServiceProcess(work, run.teacher, ort_teacher(kind, teacher_dir, args), topic_config(kind)) as svc:
         metrics = (svc.metrics_url, *SERVICE_METRICS)
         before = run_for(best, best_x, seconds / 2)
         for n in args.ns:
@@ -170,7 +173,7 @@ async def quantized_service(kind: str, int8_dir: Path, pool: np.ndarray, run: be
     """The service on the int8 teacher at 4 producers, beside the fp32 window."""
     n = 4 if 4 in run.service else max(run.service)
     x = np.ascontiguousarray(pool[:run.request_samples])
-    with ServiceProcess(work, f"{run.teacher}-int8", ort_teacher(int8_dir, args), topic_config(kind)) as svc:
+    with ServiceProcess(work, f"{run.teacher}-int8", ort_teacher(kind, int8_dir, args), topic_config(kind)) as svc:
         async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
             w = await window(load, n, seconds, [svc.pid], (svc.metrics_url, *SERVICE_METRICS), seconds / 4)
     assert run.quantized is not None
@@ -205,19 +208,19 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
                 log.info("%s N=%d raw triton %s | service %s", kind, n, run.raw_triton[n], run.service_triton[n])
 
 
-def raw_limit(teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
+def raw_limit(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
               args: argparse.Namespace, seconds: float) -> Any:
     """(a): raw ONNX Runtime swept over batch sizes in two thread layouts, one session run over
-    ``--threads`` and the service's (``--service-workers`` runs of ``--service-threads``); the
-    faster layout at its best batch is the limit. Returns that runner."""
+    ``--threads`` and the service's (``--KIND-layout``: workers runs of intra-op threads each);
+    the faster layout at its best batch is the limit. Returns that runner."""
     sweep = sorted({16, 64, args.max_batch, 2 * args.max_batch} if not args.quick else {8, args.max_batch})
+    workers, threads = args.layouts[kind]
     layouts = {f"1x{args.threads}": ort_runner(teacher_dir / MODEL_FILENAME, args.threads)}
-    if args.service_workers > 1:
-        layouts[f"{args.service_workers}x{args.service_threads}"] = ort_runner(
-            teacher_dir / MODEL_FILENAME, args.service_threads, workers=args.service_workers)
+    if workers > 1:
+        layouts[f"{workers}x{threads}"] = ort_runner(teacher_dir / MODEL_FILENAME, threads, workers=workers)
     sweeps = {}
     for name, runner in layouts.items():
-        batches = sweep if name.startswith("1x") else sorted({b * args.service_workers for b in sweep})
+        batches = sweep if name.startswith("1x") else sorted({b * workers for b in sweep})
         sweeps[name] = ort_sweep(runner, pool, batches, seconds / 4, rounds=1 if args.quick else 2)
         log.info("%s raw ORT %s: best batch %s %s", run.teacher, name, sweeps[name]["best_batch"],
                  sweeps[name]["best"])
@@ -240,8 +243,8 @@ def run_teacher(kind: str, work: Path, args: argparse.Namespace) -> bench_report
     run = bench_report.TeacherRun(card.name, args.light_request if kind == "light" else args.heavy_request,
                                   args.max_batch, args.max_delay_ms)
     accepted = quantize_phase(kind, teacher_dir, work, run)  # exports first: no threads yet
-    best = raw_limit(teacher_dir, pool, run, args, seconds)
-    run.profile = profile_batches(card.name, ort_teacher(teacher_dir, args), topic_config(kind), pool,
+    best = raw_limit(kind, teacher_dir, pool, run, args, seconds)
+    run.profile = profile_batches(card.name, ort_teacher(kind, teacher_dir, args), topic_config(kind), pool,
                                   batch=args.max_batch, request=run.request_samples,
                                   batches=2 if args.quick else (8 if kind == "heavy" else 100))
     runtime_phase(teacher_dir, pool, accepted, run, args)
@@ -279,8 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
              "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
              "seconds_heavy": 2 * args.seconds, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-             "ort_threads": args.threads, "service_workers": args.service_workers,
-             "service_intra_op_threads": args.service_threads, "triton_queue_delay_us": args.triton_queue_delay_us,
+             "ort_threads": args.threads, "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()}, "triton_queue_delay_us": args.triton_queue_delay_us,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)
