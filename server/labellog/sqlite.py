@@ -87,12 +87,7 @@ class SqliteLabelLog(LabelLog):
 
     async def append(self, topic: str, batch: LabelBatch) -> np.ndarray:
         """Append ``batch`` in one transaction; returns the offsets given to its rows."""
-        rows = _batch_rows(batch, time.time())
-        if not rows:
-            return np.empty(0, dtype=np.int64)
-        first = await self._call("append", self._append_tx, topic, rows)
-        self._wake(topic)
-        return np.arange(first, first + len(rows), dtype=np.int64)
+        return await self.append_and_remember(topic, batch, None, 0.0)
 
     async def read(
         self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
@@ -157,9 +152,7 @@ class SqliteLabelLog(LabelLog):
 
     async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
         """Keep ``entries`` (sample id -> blob) for ``ttl_s`` seconds; expired ones are purged."""
-        now = time.time()
-        rows = [(topic, sid, bytes(blob), now + ttl_s) for sid, blob in entries.items()]
-        await self._call("remember", self._remember, topic, rows, now)
+        await self.append_and_remember(topic, None, lambda _: entries, ttl_s)
 
     async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
         """The unexpired blobs remembered for ``ids``."""
@@ -172,7 +165,10 @@ class SqliteLabelLog(LabelLog):
         """Records and idempotency entries in one transaction: one trip to the worker thread."""
         now = time.time()
         rows = _batch_rows(batch, now) if batch is not None else []
-        first = await self._call("append", self._append_remember_tx, topic, rows, entries, now, ttl_s)
+        if not rows and entries is None:
+            return np.empty(0, dtype=np.int64)
+        op = "append" if rows else "remember"
+        first = await self._call(op, self._append_remember_tx, topic, rows, entries, now, ttl_s)
         if rows:
             self._wake(topic)
         return np.arange(first, first + len(rows), dtype=np.int64)
@@ -269,10 +265,6 @@ class SqliteLabelLog(LabelLog):
         with self._transaction() as conn:
             return conn.execute(sql, params).rowcount
 
-    def _append_tx(self, topic: str, rows: list[tuple]) -> int:
-        with self._transaction():
-            return self._append_rows(topic, rows)
-
     def _append_rows(self, topic: str, rows: list[tuple]) -> int:
         """Inside a transaction: the rows at the topic's next offsets; returns the first."""
         conn = self._conn
@@ -353,24 +345,17 @@ class SqliteLabelLog(LabelLog):
                 )
         return records, next_due
 
-    def _remember(self, topic: str, rows: list[tuple], now: float) -> None:
-        with self._transaction():
-            self._remember_rows(topic, rows, now)
-
-    def _remember_rows(self, topic: str, rows: list[tuple], now: float) -> None:
-        self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
-        self._conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)", rows)
-
     def _append_remember_tx(self, topic: str, rows: list[tuple],
                             entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
                             now: float, ttl_s: float) -> int:
         with self._transaction():
             first = self._append_rows(topic, rows) if rows else 0
-            if entries is not None:
+            if entries is not None:  # expired entries go, then this batch's are kept
                 offsets = np.arange(first, first + len(rows), dtype=np.int64)
-                expires = now + ttl_s
-                self._remember_rows(topic, [(topic, sid, bytes(blob), expires)
-                                            for sid, blob in entries(offsets).items()], now)
+                self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
+                self._conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)",
+                                       [(topic, sid, bytes(blob), now + ttl_s)
+                                        for sid, blob in entries(offsets).items()])
         return first
 
     def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
