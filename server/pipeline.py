@@ -111,7 +111,7 @@ class TeacherPipeline:
         try:
             if isinstance(out, BaseException):
                 raise out
-            await self._label(items, x, out, recalls, seq)
+            await self._label(items, x, out, recalls)
         finally:
             for pending in recalls.values():
                 pending.cancel()
@@ -148,7 +148,7 @@ class TeacherPipeline:
         return known
 
     async def _label(self, items: list[WorkItem], x: np.ndarray, out: TeacherOutput,
-                     recalls: Mapping[str, asyncio.Future], seq: int) -> None:
+                     recalls: Mapping[str, asyncio.Future]) -> None:
         logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
 
         starts = np.cumsum([0] + [i.size for i in items])
@@ -158,11 +158,10 @@ class TeacherPipeline:
         for topic_name, members in by_topic.items():
             group = [items[k] for k in members]
             try:
-                known = self._known(topic_name, np.concatenate([np.asarray(i.ids, dtype=object) for i in group]),
-                                    await recalls[topic_name]) if topic_name in recalls else {}
+                answer = await recalls[topic_name] if topic_name in recalls else None
                 parts = await self._label_topic(self.topics[topic_name], group, starts[members],
                                                 x, logits, probs, out.teacher_version, out.features,
-                                                known, seq)
+                                                answer)
             except Exception as exc:
                 log.warning("topic %s: batch failed: %s", topic_name, exc)
                 for item in group:
@@ -187,11 +186,12 @@ class TeacherPipeline:
     async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
                            x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
                            version: str, features: np.ndarray | None,
-                           known: Mapping[str, bytes], seq: int) -> list[LabelOutcome]:
+                           recalled: tuple[dict[str, bytes], int] | None) -> list[LabelOutcome]:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
         metadata = _metadata_rows(group)
+        known = {} if recalled is None else self._known(topic.name, ids, recalled)
         first, inverse = unique_rows(ids)
         is_new = np.array([ids[k] not in known for k in first], bool)
         parts: list[tuple[Decisions, np.ndarray, np.ndarray]] = []
@@ -200,7 +200,7 @@ class TeacherPipeline:
             meta = None if metadata is None else [metadata[k] for k in new]
             trusted = np.concatenate([np.full(i.size, i.trusted) for i in group])[new]
             d, offsets, labeled_by = await self._decide(topic, rows[new], ids[new], x, logits, probs,
-                                                        version, meta, trusted, features, seq)
+                                                        version, meta, trusted, features)
             parts.append((d, offsets, np.full(new.size, labeled_by, dtype=object)))
         if not is_new.all():  # retries: the first decision, not a second one
             parts.append(decode_decisions([known[ids[k]] for k in first[~is_new]], topic.teacher.num_classes))
@@ -219,7 +219,7 @@ class TeacherPipeline:
     async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
                       logits: np.ndarray, probs: np.ndarray, version: str,
                       metadata: list[Mapping[str, str]] | None, trusted: np.ndarray,
-                      features: np.ndarray | None, seq: int) -> tuple[Decisions, np.ndarray, str]:
+                      features: np.ndarray | None) -> tuple[Decisions, np.ndarray, str]:
         """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else),
         and the teacher version (with the adapter state, if any) that labeled them. The
         decisions are remembered for the idempotency window in the same log call."""
@@ -272,7 +272,7 @@ class TeacherPipeline:
                                                                    entries if window else None, window)
         if remembered:
             fresh = self._fresh.setdefault(topic.name, deque(maxlen=_FRESH_BATCHES))
-            fresh.append((seq, remembered[0]))
+            fresh.append((self._labeled, remembered[0]))  # this batch's labeling number
         if accepted.size:
             self.metrics.appended.labels(topic.name).inc(int(accepted.size))
         self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
