@@ -4,6 +4,7 @@ batch's inference finishes first: log offsets follow submission order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
@@ -31,34 +32,10 @@ class SlowFirstBackend(OnnxRuntimeBackend):
         return await super().infer(batch)
 
 
-async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, teacher_dir, digits):
-    config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
-                                                                          "params": {"tau": 0.0}}}},
-                           teachers={"t": {"model_dir": teacher_dir}})
-    backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
-    await backend.start()
-    log = SqliteLabelLog(tmp_path / "labels.db")
-    topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
-    pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
-    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=2)
-    batcher.start()
-    try:
-        x = np.ascontiguousarray(digits.stream_x[:16])
-        first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x[:8]))
-        await asyncio.sleep(0.05)  # the first batch is cut and waiting on its slow inference
-        second = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x[8:]))
-        a, b = await asyncio.gather(first, second)
-    finally:
-        await batcher.stop()
-        await backend.close()
-        await log.close()
-    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8, 16))
-    assert topic.samples == 16
-
-
-async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(tmp_path, teacher_dir, digits):
-    """The retry's batch asks the log before the first copy's batch is labeled (the recall runs
-    beside inference); it still gets the first decision and no second record."""
+@contextlib.asynccontextmanager
+async def slow_first_pipeline(tmp_path, teacher_dir, depth: int):
+    """(batcher, topic, log): topic digits (accepting everything) on a SlowFirstBackend, batches
+    of 8 cut at once, ``depth`` in flight."""
     config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
                                                                           "params": {"tau": 0.0}}}},
                            teachers={"t": {"model_dir": teacher_dir}})
@@ -68,9 +45,31 @@ async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(t
     log = SqliteLabelLog(tmp_path / "labels.db")
     topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
     pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
-    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=3)
+    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=depth)
     batcher.start()
     try:
+        yield batcher, topic, log
+    finally:
+        await batcher.stop()
+        await backend.close()
+        await log.close()
+
+
+async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, teacher_dir, digits):
+    async with slow_first_pipeline(tmp_path, teacher_dir, depth=2) as (batcher, topic, _):
+        x = np.ascontiguousarray(digits.stream_x[:16])
+        first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x[:8]))
+        await asyncio.sleep(0.05)  # the first batch is cut and waiting on its slow inference
+        second = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x[8:]))
+        a, b = await asyncio.gather(first, second)
+    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8, 16))
+    assert topic.samples == 16
+
+
+async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(tmp_path, teacher_dir, digits):
+    """The retry's batch asks the log before the first copy's batch is labeled (the recall runs
+    beside inference); it still gets the first decision and no second record."""
+    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3) as (batcher, topic, log):
         x = np.ascontiguousarray(digits.stream_x[:8])
         ids = [f"a{i}" for i in range(8)]
         first = batcher.submit(WorkItem("digits", ids, x))
@@ -79,10 +78,6 @@ async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(t
         fresh = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x))
         a, b, c = await asyncio.gather(first, retry, fresh)
         end = await log.end_offset("digits")
-    finally:
-        await batcher.stop()
-        await backend.close()
-        await log.close()
     assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8))
     assert (b.decisions.label == a.decisions.label).all()
     assert (b.decisions.confidence == a.decisions.confidence).all()
