@@ -39,3 +39,14 @@ def test_quick_bench_writes_a_report_with_every_key(tmp_path, teacher_dir):
     assert section["quantized"]["runtime"]["int8"]["vs_first"] > 0
     assert section["profile"]["stages_ms"]["inference"] > 0
     assert "| light (digits-cnn) | 2 |" in done.stdout
+
+
+def test_service_load_window_reports_cpu_per_thread(teacher_dir, capsys):
+    pytest.importorskip("psutil")
+    from pseudostream.benchmarks.service_load import main
+
+    result = main(["--model-dir", str(teacher_dir), "--producers", "2", "--seconds", "1", "--request", "16",
+                   "--topic", '{"idempotency_window_s": 0}'])
+    assert result["samples_per_s"] > 0 and result["effective_batch"] >= 16
+    assert result["thread_cpu_ms_per_1k"]["event loop"] > 0
+    assert json.loads(capsys.readouterr().out)["requests"] == result["requests"]

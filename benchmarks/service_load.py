@@ -1,0 +1,85 @@
+"""One closed-loop load window on the service, with CPU per thread: what-if runs of one config.
+
+    python -m pseudostream.benchmarks.service_load [--producers 16] [--seconds 6] [--request 64]
+        [--teacher '{"inference_workers": 2, "intra_op_threads": 1, "pipeline_depth": 3}']
+        [--topic '{"idempotency_window_s": 0, "store_samples": false}']
+
+Starts ``pseudostream serve`` on the digits CNN (``--model-dir``) (SQLite log, FixMatch tau 0.95 unless --topic
+says otherwise; the JSON mappings are merged into the teacher and topic config), warms up, then
+prints the window (samples/s, p50/p99, effective batch, CPU per 1k samples) and each service
+thread's CPU seconds per 1k samples (thread 0 is the event loop; the rest by thread id). The full
+side-by-side comparison with raw ONNX Runtime is ``bench``; this is for comparing configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pseudostream.benchmarks.bench_load import ServiceLoad, window
+from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
+
+TEACHER = Path(".cache/teachers/digits-cnn")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of ``pid``, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except FileNotFoundError:  # the thread ended
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def run(args: argparse.Namespace, work: Path) -> dict:
+    from pseudostream.models.digits import load_digits_splits
+
+    pool = load_digits_splits(0).stream_x
+    x = np.ascontiguousarray(np.resize(pool, (args.request, *pool.shape[1:])))
+    teacher = {"backend": "onnxruntime", "model_dir": str(args.model_dir), **json.loads(args.teacher)}
+    topic = {"policy": {"name": "fixed", "params": {"tau": 0.95}}, **json.loads(args.topic)}
+    metrics = ("pseudostream_batch_size_sum", "pseudostream_batch_size_count")
+    with ServiceProcess(work, "light", teacher, topic) as svc:
+        pid = svc.pid
+        async with ServiceLoad(svc.target, TOPIC, x, streams=args.producers) as load:
+            await window(load, args.producers, args.seconds / 3, [svc.pid], warmup_s=0)  # warm-up
+            before = thread_cpu(svc.pid)
+            result = await window(load, args.producers, args.seconds, [svc.pid],
+                                  (svc.metrics_url, *metrics), warmup_s=0)
+            after = thread_cpu(svc.pid)
+    samples = result["samples_per_s"] * args.seconds
+    result["thread_cpu_ms_per_1k"] = {
+        ("event loop" if tid == pid else str(tid)): round((cpu - before.get(tid, 0.0)) / samples * 1e6, 1)
+        for tid, cpu in sorted(after.items(), key=lambda kv: before.get(kv[0], 0.0) - kv[1])
+        if cpu - before.get(tid, 0.0) > 0.02}
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=TEACHER, help="the teacher (make demo builds it here)")
+    p.add_argument("--producers", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--request", type=int, default=64, help="samples per request")
+    p.add_argument("--teacher", default="{}", help="JSON merged into the teacher config")
+    p.add_argument("--topic", default="{}", help="JSON merged into the topic config")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
+        result = asyncio.run(run(args, Path(tmp)))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
