@@ -83,7 +83,7 @@ class TeacherPipeline:
         # Idempotency: a batch's recall is asked for when the batch arrives, beside its
         # inference. Batches labeled after that question keep their entries here, by labeling
         # number, so the answer is completed with them (a retry of an id still in flight).
-        self._fresh: dict[str, deque[tuple[int, dict[str, bytes]]]] = {}
+        self._fresh: dict[str, deque[_Fresh]] = {}
 
     async def teacher_free(self) -> None:
         """Return once the backend has a free worker (the MicroBatcher's gate: it cuts the next
@@ -108,16 +108,20 @@ class TeacherPipeline:
                 self._teacher_free.notify_all()
         async with self._turn:
             await self._turn.wait_for(lambda: self._labeled == seq)
+        appending: list[tuple[list[WorkItem], asyncio.Future]] = []
         try:
             if isinstance(out, BaseException):
                 raise out
-            await self._label(items, x, out, recalls)
+            appending = await self._label(items, x, out, recalls)
         finally:
             for pending in recalls.values():
                 pending.cancel()
             async with self._turn:
                 self._labeled += 1
                 self._turn.notify_all()
+        # The next batch labels while this one's log append completes (appends are issued in
+        # labeling order); the producers hear back once their records are in the log.
+        await self._deliver(appending)
 
     def _recall(self, items: list[WorkItem]) -> dict[str, asyncio.Future]:
         """Start asking the log which ids of ``items`` it remembers, per topic with a window;
@@ -136,37 +140,57 @@ class TeacherPipeline:
     async def _recall_one(self, topic: str, ids: list[str], labeled: int) -> tuple[dict[str, bytes], int]:
         return await self.log.recall(topic, ids), labeled
 
-    def _known(self, topic: str, ids: np.ndarray, answer: tuple[dict[str, bytes], int]) -> dict[str, bytes]:
-        """The log's answer, plus the entries of batches labeled since it was asked for."""
+    async def _known(self, topic: str, ids: np.ndarray,
+                     answer: tuple[dict[str, bytes], int]) -> dict[str, bytes]:
+        """The log's answer, plus the entries of batches labeled since it was asked for (their
+        appends may still be running: a batch that shares an id with ``ids`` is waited for; one
+        whose append failed contributes nothing, its samples were never accepted)."""
         known, asked_at = answer
-        later = [entries for seq, entries in self._fresh.get(topic, ()) if seq >= asked_at]
+        later = [fresh for fresh in self._fresh.get(topic, ()) if fresh.seq >= asked_at]
         if later:
             wanted = set(ids.tolist())
             known = dict(known)
-            for entries in later:
-                known.update((sid, entries[sid]) for sid in entries.keys() & wanted)
+            for fresh in later:
+                shared = fresh.ids & wanted
+                if not shared:
+                    continue
+                await asyncio.wait([fresh.appended])
+                if fresh.entries is not None:
+                    known.update((sid, fresh.entries[sid]) for sid in shared)
         return known
 
     async def _label(self, items: list[WorkItem], x: np.ndarray, out: TeacherOutput,
-                     recalls: Mapping[str, asyncio.Future]) -> None:
+                     recalls: Mapping[str, asyncio.Future]) -> list[tuple[list[WorkItem], asyncio.Future]]:
+        """Decide every topic's samples and issue the log appends, in this batch's turn; per
+        topic, its items and the future of their outcomes (failed topics are answered here)."""
         logits, probs = calibrated(out.logits, out.temperature, self.backend.metadata.task)
 
         starts = np.cumsum([0] + [i.size for i in items])
         by_topic: dict[str, list[int]] = {}
         for k, item in enumerate(items):
             by_topic.setdefault(item.topic, []).append(k)
+        appending: list[tuple[list[WorkItem], asyncio.Future]] = []
         for topic_name, members in by_topic.items():
             group = [items[k] for k in members]
             try:
                 answer = await recalls[topic_name] if topic_name in recalls else None
-                parts = await self._label_topic(self.topics[topic_name], group, starts[members],
-                                                x, logits, probs, out.teacher_version, out.features,
-                                                answer)
+                outcomes = await self._label_topic(self.topics[topic_name], group, starts[members],
+                                                   x, logits, probs, out.teacher_version, out.features,
+                                                   answer)
             except Exception as exc:
-                log.warning("topic %s: batch failed: %s", topic_name, exc)
-                for item in group:
-                    if item.future is not None and not item.future.done():
-                        item.future.set_exception(exc)
+                _fail(topic_name, group, exc)
+                continue
+            appending.append((group, outcomes))
+        return appending
+
+    @staticmethod
+    async def _deliver(appending: list[tuple[list[WorkItem], asyncio.Future]]) -> None:
+        """Answer each item once its topic's records are in the log."""
+        for group, outcomes in appending:
+            try:
+                parts = await outcomes
+            except Exception as exc:
+                _fail(group[0].topic, group, exc)
                 continue
             for item, part in zip(group, parts):
                 if item.future is not None and not item.future.done():
@@ -186,43 +210,51 @@ class TeacherPipeline:
     async def _label_topic(self, topic: TopicRuntime, group: list[WorkItem], starts: np.ndarray,
                            x: np.ndarray, logits: np.ndarray, probs: np.ndarray,
                            version: str, features: np.ndarray | None,
-                           recalled: tuple[dict[str, bytes], int] | None) -> list[LabelOutcome]:
+                           recalled: tuple[dict[str, bytes], int] | None) -> asyncio.Future:
+        """Decide ``group`` (a retry gets its first decision back) and issue the append; the
+        future of one LabelOutcome per item, done once the records are in the log."""
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
         metadata = _metadata_rows(group)
-        known = {} if recalled is None else self._known(topic.name, ids, recalled)
+        known = {} if recalled is None else await self._known(topic.name, ids, recalled)
         first, inverse = unique_rows(ids)
         is_new = np.array([ids[k] not in known for k in first], bool)
         parts: list[tuple[Decisions, np.ndarray, np.ndarray]] = []
+        appended: asyncio.Future | None = None
         new = first[is_new]
         if new.size:
             meta = None if metadata is None else [metadata[k] for k in new]
             trusted = np.concatenate([np.full(i.size, i.trusted) for i in group])[new]
-            d, offsets, labeled_by = await self._decide(topic, rows[new], ids[new], x, logits, probs,
-                                                        version, meta, trusted, features)
-            parts.append((d, offsets, np.full(new.size, labeled_by, dtype=object)))
+            d, appended, labeled_by = await self._decide(topic, rows[new], ids[new], x, logits, probs,
+                                                         version, meta, trusted, features)
+            parts.append((d, np.full(new.size, -1, np.int64), np.full(new.size, labeled_by, dtype=object)))
         if not is_new.all():  # retries: the first decision, not a second one
             parts.append(decode_decisions([known[ids[k]] for k in first[~is_new]], topic.teacher.num_classes))
         position = np.empty(first.size, np.int64)
         position[np.concatenate([np.flatnonzero(is_new), np.flatnonzero(~is_new)])] = np.arange(first.size)
         take = position[inverse]
         decisions = concat_decisions([p[0] for p in parts]).take(take)
-        offsets = np.concatenate([p[1] for p in parts])[take]
         versions = np.concatenate([p[2] for p in parts])[take]
         bounds = np.cumsum(np.concatenate([[0], sizes]))
-        return [
-            LabelOutcome(decisions.take(slice(a, b)), offsets[a:b], versions[a:b], topic.policy.name)
-            for a, b in zip(bounds[:-1], bounds[1:])
-        ]
+        policy = topic.policy.name
+
+        async def outcomes() -> list[LabelOutcome]:
+            if appended is not None:
+                parts[0] = (parts[0][0], await appended, parts[0][2])
+            offsets = np.concatenate([p[1] for p in parts])[take]
+            return [LabelOutcome(decisions.take(slice(a, b)), offsets[a:b], versions[a:b], policy)
+                    for a, b in zip(bounds[:-1], bounds[1:])]
+
+        return asyncio.ensure_future(outcomes())
 
     async def _decide(self, topic: TopicRuntime, rows: np.ndarray, ids: np.ndarray, x: np.ndarray,
                       logits: np.ndarray, probs: np.ndarray, version: str,
                       metadata: list[Mapping[str, str]] | None, trusted: np.ndarray,
-                      features: np.ndarray | None) -> tuple[Decisions, np.ndarray, str]:
-        """Policy decisions for new samples; accepted ones appended to the log (offsets, -1 else),
-        and the teacher version (with the adapter state, if any) that labeled them. The
-        decisions are remembered for the idempotency window in the same log call."""
+                      features: np.ndarray | None) -> tuple[Decisions, asyncio.Future, str]:
+        """Policy decisions for new samples, the future of their log offsets (accepted ones are
+        appended, -1 elsewhere; the decisions are remembered for the idempotency window in the
+        same log call), and the teacher version (with the adapter state, if any) that labeled them."""
         p, alarm = probs[rows], False
         if topic.weight is not None and not topic.weight.online:  # adapt-then-label
             p, tag, alarm = await topic.weight.label_window(x[rows], trusted)
@@ -239,7 +271,6 @@ class TeacherPipeline:
         truth = _audit_labels(metadata, topic.config.audit_label_key, rows.size)
         if truth is not None:
             topic.score_audit(decisions, truth)
-        offsets = np.full(rows.size, -1, np.int64)
         # Audited samples are scored, never streamed to trainers.
         logged = decisions.accept if truth is None else decisions.accept & (truth < 0)
         accepted = np.flatnonzero(logged)
@@ -258,30 +289,50 @@ class TeacherPipeline:
                 positive=None if decisions.positive is None else decisions.positive[accepted],
                 negative=None if decisions.negative is None else decisions.negative[accepted],
             )
-        window = topic.config.idempotency_window_s
-        remembered: list[dict[str, bytes]] = []
-
-        def entries(appended: np.ndarray) -> dict[str, bytes]:
-            numbered = offsets.copy()
-            numbered[accepted] = appended
-            remembered.append(dict(zip(ids.tolist(), encode_decisions(decisions, numbered, version))))
-            return remembered[-1]
-
-        if batch is not None or window:
-            offsets[accepted] = await self.log.append_and_remember(topic.name, batch,
-                                                                   entries if window else None, window)
-        if remembered:
-            fresh = self._fresh.setdefault(topic.name, deque(maxlen=_FRESH_BATCHES))
-            fresh.append((self._labeled, remembered[0]))  # this batch's labeling number
-        if accepted.size:
-            self.metrics.appended.labels(topic.name).inc(int(accepted.size))
+        appended = self._append(topic.name, batch, decisions, ids, accepted, version,
+                                topic.config.idempotency_window_s)
         self.metrics.observe_decisions(topic.name, topic.classes, decisions.accept,
                                        decisions.label, decisions.reason, decisions.confidence)
         if topic.weight is not None and topic.weight.online:
             topic.weight.offer(x[rows[trusted]])
-        if topic.checkpoint_due:
+        if topic.checkpoint_due:  # the saved state covers this batch: its records go first
+            await asyncio.wait([appended])
             await topic.checkpoint()
-        return decisions, offsets, version
+        return decisions, appended, version
+
+    def _append(self, topic: str, batch: LabelBatch | None, decisions: Decisions, ids: np.ndarray,
+                accepted: np.ndarray, version: str, window: float) -> asyncio.Future:
+        """Issue the log append of ``batch`` with the idempotency entries of ``decisions`` (when
+        the topic has a window); the future of the offsets, -1 where not accepted.
+
+        Called in labeling order, and the append starts before the next batch's turn, so a log
+        that applies calls in order (SQLite's one worker thread) gives batches ascending offsets.
+        """
+        offsets = np.full(len(decisions), -1, np.int64)
+        if batch is None and not window:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(offsets)
+            return done
+        fresh = _Fresh(self._labeled, set(ids.tolist()) if window else set())  # this batch's labeling number
+
+        def entries(appended: np.ndarray) -> dict[str, bytes]:
+            numbered = offsets.copy()
+            numbered[accepted] = appended
+            fresh.entries = dict(zip(ids.tolist(), encode_decisions(decisions, numbered, version)))
+            return fresh.entries
+
+        async def append() -> np.ndarray:
+            offsets[accepted] = await self.log.append_and_remember(topic, batch, entries if window else None,
+                                                                   window)
+            if accepted.size:
+                self.metrics.appended.labels(topic).inc(int(accepted.size))
+            return offsets
+
+        fresh.appended = asyncio.ensure_future(append())
+        fresh.appended.add_done_callback(_retrieve)
+        if window:
+            self._fresh.setdefault(topic, deque(maxlen=_FRESH_BATCHES)).append(fresh)
+        return fresh.appended
 
     async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """[K, B, C] probabilities: the batch itself, then K-1 test-time-augmented copies."""
@@ -291,8 +342,25 @@ class TeacherPipeline:
         return np.concatenate([probs[None], extra.reshape(topic.views.count - 1, *probs.shape)])
 
 
+@dataclass
+class _Fresh:
+    """A labeled batch's idempotency entries, kept in memory while later batches may ask."""
+
+    seq: int  # its labeling number
+    ids: set[str]
+    appended: asyncio.Future = dataclasses.field(init=False)
+    entries: dict[str, bytes] | None = None  # set by the append, once the offsets are known
+
+
+def _fail(topic: str, group: list[WorkItem], exc: BaseException) -> None:
+    log.warning("topic %s: batch failed: %s", topic, exc)
+    for item in group:
+        if item.future is not None and not item.future.done():
+            item.future.set_exception(exc)
+
+
 def _retrieve(future: asyncio.Future) -> None:
-    """Mark a recall's failure as seen: it is raised where the answer is awaited, if it is."""
+    """Mark a recall's or append's failure as seen: it is raised where the answer is awaited, if it is."""
     if not future.cancelled():
         future.exception()
 
