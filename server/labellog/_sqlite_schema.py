@@ -1,8 +1,11 @@
-"""The SQLite label log's tables (``sqlite.SqliteLabelLog``) and its record insert."""
+"""The SQLite label log's tables (``sqlite.SqliteLabelLog``) and its multi-row inserts."""
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA", "RECORD_COLUMNS", "INSERT_RECORD"]
+import functools
+import sqlite3
+
+__all__ = ["SCHEMA", "RECORD_COLUMNS", "INSERT_RECORD", "INSERT_RECENT", "insert_rows"]
 
 # records keeps its rowid: rows may carry large sample blobs, which WITHOUT ROWID tables handle
 # badly. The small bookkeeping tables are clustered on their keys instead.
@@ -34,5 +37,27 @@ RECORD_COLUMNS = (
     "created_at, sample, shape, dtype, metadata, classes"
 )
 
-INSERT_RECORD = (f"INSERT INTO records(topic, {RECORD_COLUMNS}) "
-                 "VALUES (" + ", ".join("?" * (2 + RECORD_COLUMNS.count(","))) + ")")
+INSERT_RECORD = f"INSERT INTO records(topic, {RECORD_COLUMNS}) VALUES"
+INSERT_RECENT = "INSERT OR REPLACE INTO recent(topic, sample_id, blob, expires) VALUES"
+
+# Rows per statement: powers of two up to this, so a handful of statements (each prepared once,
+# in the connection's statement cache) cover any batch size.
+_MOST_ROWS = 256
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None:
+    """``head`` (``INSERT ... VALUES``) with ``rows``, as few multi-row statements as powers of two
+    allow (115 rows: 64+32+16+2+1). Not ``executemany``: it steps once per row, and every step
+    gives up the GIL and waits to take it back from the event loop's thread."""
+    if not rows:
+        return
+    width, k = len(rows[0]), 0
+    while k < len(rows):
+        n = min(_MOST_ROWS, 1 << ((len(rows) - k).bit_length() - 1))
+        conn.execute(_values(head, width, n), [v for row in rows[k:k + n] for v in row])
+        k += n
+
+
+@functools.lru_cache(maxsize=None)
+def _values(head: str, width: int, n: int) -> str:
+    return head + ",".join(["(" + ",".join("?" * width) + ")"] * n)

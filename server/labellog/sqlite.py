@@ -16,7 +16,7 @@ import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
 from pseudostream.server.labellog._rows import batch_rows as _batch_rows, to_record as _to_record
-from pseudostream.server.labellog._sqlite_schema import INSERT_RECORD, RECORD_COLUMNS, SCHEMA
+from pseudostream.server.labellog._sqlite_schema import INSERT_RECENT, INSERT_RECORD, RECORD_COLUMNS, SCHEMA, insert_rows
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
@@ -163,15 +163,15 @@ class SqliteLabelLog(LabelLog):
         entries: Callable[[np.ndarray], Mapping[str, bytes]] | None, ttl_s: float,
     ) -> np.ndarray:
         """Records and idempotency entries in one transaction: one trip to the worker thread."""
-        now = time.time()
-        rows = _batch_rows(batch, now) if batch is not None else []
-        if not rows and entries is None:
+        n = 0 if batch is None else len(batch)
+        if not n and entries is None:
             return np.empty(0, dtype=np.int64)
-        op = "append" if rows else "remember"
-        first = await self._call(op, self._append_remember_tx, topic, rows, entries, now, ttl_s)
-        if rows:
+        op = "append" if n else "remember"
+        first = await self._call(op, self._append_remember_tx, topic, batch if n else None, entries,
+                                 time.time(), ttl_s)
+        if n:
             self._wake(topic)
-        return np.arange(first, first + len(rows), dtype=np.int64)
+        return np.arange(first, first + n, dtype=np.int64)
 
     async def save_state(self, topic: str, key: str, blob: bytes) -> None:
         """Store ``blob`` under (topic, key), replacing any earlier one."""
@@ -271,9 +271,7 @@ class SqliteLabelLog(LabelLog):
         first = self._scalar(
             "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
         )
-        conn.executemany(
-            INSERT_RECORD, [(topic, first + i, *r) for i, r in enumerate(rows)],
-        )
+        insert_rows(conn, INSERT_RECORD, [(topic, first + i, *r) for i, r in enumerate(rows)])
         conn.execute(
             "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
             (topic, first + len(rows)),
@@ -345,17 +343,17 @@ class SqliteLabelLog(LabelLog):
                 )
         return records, next_due
 
-    def _append_remember_tx(self, topic: str, rows: list[tuple],
+    def _append_remember_tx(self, topic: str, batch: LabelBatch | None,
                             entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
                             now: float, ttl_s: float) -> int:
+        rows = _batch_rows(batch, now) if batch is not None else []  # built here, off the event loop
         with self._transaction():
             first = self._append_rows(topic, rows) if rows else 0
             if entries is not None:  # expired entries go, then this batch's are kept
                 offsets = np.arange(first, first + len(rows), dtype=np.int64)
                 self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
-                self._conn.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)",
-                                       [(topic, sid, bytes(blob), now + ttl_s)
-                                        for sid, blob in entries(offsets).items()])
+                insert_rows(self._conn, INSERT_RECENT, [(topic, sid, bytes(blob), now + ttl_s)
+                                                        for sid, blob in entries(offsets).items()])
         return first
 
     def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
