@@ -31,7 +31,8 @@ __all__ = ["LabelOutcome", "TeacherPipeline", "calibrated"]
 log = logging.getLogger(__name__)
 
 # Labeled batches whose idempotency entries are kept in memory: more than can be in flight
-# (pipeline depth is at most 8), so every batch labeled after a recall was asked is here.
+# (pipeline depth is at most 8, and a batch holds its slot until its append is done), so every
+# batch labeled after a recall was asked, or appending then, is here.
 _FRESH_BATCHES = 10
 
 
@@ -125,28 +126,30 @@ class TeacherPipeline:
 
     def _recall(self, items: list[WorkItem]) -> dict[str, asyncio.Future]:
         """Start asking the log which ids of ``items`` it remembers, per topic with a window;
-        each answer comes with the labeling number it was asked at."""
+        each answer comes with the first labeling number whose entries it may lack."""
         asked: dict[str, list[str]] = {}
         for item in items:
             if self.topics[item.topic].config.idempotency_window_s:
                 asked.setdefault(item.topic, []).extend(item.ids)
-        labeled = self._labeled
         recalls: dict[str, asyncio.Future] = {}
         for topic, ids in asked.items():
-            recalls[topic] = asyncio.ensure_future(self._recall_one(topic, ids, labeled))
+            # The answer lacks batches labeled from now on, and those whose append is running.
+            running = [f.seq for f in self._fresh.get(topic, ()) if not f.appended.done()]
+            since = min(running, default=self._labeled)
+            recalls[topic] = asyncio.ensure_future(self._recall_one(topic, ids, since))
             recalls[topic].add_done_callback(_retrieve)
         return recalls
 
-    async def _recall_one(self, topic: str, ids: list[str], labeled: int) -> tuple[dict[str, bytes], int]:
-        return await self.log.recall(topic, ids), labeled
+    async def _recall_one(self, topic: str, ids: list[str], since: int) -> tuple[dict[str, bytes], int]:
+        return await self.log.recall(topic, ids), since
 
     async def _known(self, topic: str, ids: np.ndarray,
                      answer: tuple[dict[str, bytes], int]) -> dict[str, bytes]:
-        """The log's answer, plus the entries of batches labeled since it was asked for (their
-        appends may still be running: a batch that shares an id with ``ids`` is waited for; one
-        whose append failed contributes nothing, its samples were never accepted)."""
-        known, asked_at = answer
-        later = [fresh for fresh in self._fresh.get(topic, ()) if fresh.seq >= asked_at]
+        """The log's answer, plus the entries of the batches it may lack: labeled after it was
+        asked for, or appending then. A batch that shares an id with ``ids`` is waited for if its
+        append still runs; one whose append failed adds nothing (its samples were not accepted)."""
+        known, since = answer
+        later = [fresh for fresh in self._fresh.get(topic, ()) if fresh.seq >= since]
         if later:
             wanted = set(ids.tolist())
             known = dict(known)

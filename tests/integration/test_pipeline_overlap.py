@@ -1,5 +1,6 @@
 """Overlapping batches (pipeline depth 2) keep labeling in batch order, even when a later
-batch's inference finishes first: log offsets follow submission order."""
+batch's inference finishes first: log offsets follow submission order. A batch's log append
+runs past its labeling turn: the next batch labels meanwhile, and a retry of its ids waits for it."""
 
 from __future__ import annotations
 
@@ -32,17 +33,38 @@ class SlowFirstBackend(OnnxRuntimeBackend):
         return await super().infer(batch)
 
 
+class HeldFirstAppendLog(SqliteLabelLog):
+    """The real SQLite log whose first append waits for ``release`` (set on close at the latest)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+        self.appends = 0
+
+    async def append_and_remember(self, *args, **kwargs):
+        self.appends += 1
+        if self.appends == 1:
+            await self.release.wait()
+        return await super().append_and_remember(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.release.set()
+        await super().close()
+
+
 @contextlib.asynccontextmanager
-async def slow_first_pipeline(tmp_path, teacher_dir, depth: int):
-    """(batcher, topic, log): topic digits (accepting everything) on a SlowFirstBackend, batches
-    of 8 cut at once, ``depth`` in flight."""
+async def slow_first_pipeline(tmp_path, teacher_dir, depth: int, log_type: type = SqliteLabelLog,
+                              slow: bool = True):
+    """(batcher, topic, log): topic digits (accepting everything) on a SlowFirstBackend (its first
+    inference 0.3 s late unless not ``slow``), a ``log_type`` log, batches of 8 cut at once,
+    ``depth`` in flight."""
     config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
                                                                           "params": {"tau": 0.0}}}},
                            teachers={"t": {"model_dir": teacher_dir}})
-    SlowFirstBackend.calls = 0
+    SlowFirstBackend.calls = 0 if slow else 1
     backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
     await backend.start()
-    log = SqliteLabelLog(tmp_path / "labels.db")
+    log = log_type(tmp_path / "labels.db")
     topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
     pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
     batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=depth)
@@ -50,6 +72,8 @@ async def slow_first_pipeline(tmp_path, teacher_dir, depth: int):
     try:
         yield batcher, topic, log
     finally:
+        if isinstance(log, HeldFirstAppendLog):
+            log.release.set()  # a failed assertion must not leave the batcher waiting on it
         await batcher.stop()
         await backend.close()
         await log.close()
@@ -83,3 +107,45 @@ async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(t
     assert (b.decisions.confidence == a.decisions.confidence).all()
     assert list(c.offsets) == list(range(8, 16)) and end == 16
     assert topic.samples == 16  # the retry did not move the policy
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_next_batch_labels_while_an_append_is_still_running(tmp_path, teacher_dir, digits):
+    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3, log_type=HeldFirstAppendLog,
+                                   slow=False) as (batcher, topic, log):
+        x = np.ascontiguousarray(digits.stream_x[:8])
+        first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x))
+        await _until(lambda: log.appends == 1)  # labeled, its append held
+        second = batcher.submit(WorkItem("digits", [f"b{i}" for i in range(8)], x))
+        await _until(lambda: topic.samples == 16)  # labeled in its turn meanwhile
+        assert not first.done() and log.appends == 2
+        log.release.set()
+        a, b = await asyncio.gather(first, second)
+        end = await log.end_offset("digits")
+    assert sorted([*a.offsets, *b.offsets]) == list(range(16)) and end == 16
+
+
+async def test_a_retry_of_a_batch_whose_append_is_running_waits_for_its_decision(tmp_path, teacher_dir, digits):
+    """The retry's batch finds nothing in the log (the first copy's append is held) and waits for
+    the first copy's append instead of deciding the samples again."""
+    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3, log_type=HeldFirstAppendLog,
+                                   slow=False) as (batcher, topic, log):
+        x = np.ascontiguousarray(digits.stream_x[:8])
+        ids = [f"a{i}" for i in range(8)]
+        first = batcher.submit(WorkItem("digits", ids, x))
+        await _until(lambda: log.appends == 1)
+        retry = batcher.submit(WorkItem("digits", ids, x))
+        await asyncio.sleep(0.2)  # the retry's batch is cut, recalled (nothing) and waiting
+        assert not retry.done() and topic.samples == 8
+        log.release.set()
+        a, b = await asyncio.gather(first, retry)
+        end = await log.end_offset("digits")
+    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8))
+    assert (b.decisions.label == a.decisions.label).all()
+    assert end == 8 and topic.samples == 8
