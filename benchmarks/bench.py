@@ -55,9 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teachers", default="light,heavy", help="which of light,heavy to run")
     p.add_argument("--producers", default="1,4,16")
     p.add_argument("--seconds", type=float, default=5.0, help="light teacher's window; heavy gets 2x")
-    p.add_argument("--light-request", type=int, default=64, help="samples per request, light teacher")
+    p.add_argument("--light-request", type=int, default=128, help="samples per request, light teacher")
     p.add_argument("--heavy-request", type=int, default=16, help="samples per request, heavy teacher")
-    p.add_argument("--max-batch", type=int, default=128)
+    p.add_argument("--light-max-batch", type=int, default=256,
+                   help="the service's max batch, light teacher (what each worker ran where raw ORT 2x1 "
+                        "peaked on a 2-core VM: batch 512 over 2 workers)")
+    p.add_argument("--heavy-max-batch", type=int, default=128, help="the same, heavy teacher")
+    p.add_argument("--profile-batch", type=int, default=128, help="batch size of the per-stage profile")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="ONNX Runtime intra-op threads of the raw baseline (a)")
@@ -78,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.light_request, args.no_triton = 16, True
     args.layouts = {kind: tuple(int(v) for v in getattr(args, f"{kind}_layout").split("x"))
                     for kind in ("light", "heavy")}
+    args.max_batches = {kind: getattr(args, f"{kind}_max_batch") for kind in ("light", "heavy")}
     args.kinds = [k.strip() for k in args.teachers.split(",") if k.strip()]
     args.ns = [int(n) for n in args.producers.split(",")]
     return args
@@ -98,11 +103,13 @@ def topic_config(kind: str) -> dict[str, Any]:
 
 
 def ort_teacher(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The service's teacher: ``--KIND-layout`` = inference_workers x intra_op_threads."""
+    """The service's teacher: ``--KIND-layout`` = inference_workers x intra_op_threads. Pipeline
+    depth: the workers' batches, one labeling, and with several workers one more whose log
+    append is still running (so no worker waits for it)."""
     workers, threads = args.layouts[kind]
-    return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batch,
+    return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batches[kind],
             "max_delay_ms": args.max_delay_ms, "intra_op_threads": threads,
-            "inference_workers": workers, "pipeline_depth": max(2, workers + 1)}
+            "inference_workers": workers, "pipeline_depth": workers + 1 + (workers > 1)}
 
 
 def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
@@ -133,7 +140,7 @@ def runtime_phase(teacher_dir: Path, pool: np.ndarray, accepted: dict[str, Path]
         runners["int8"] = ort_runner(accepted["int8"] / MODEL_FILENAME, args.threads)
     if "bf16" in accepted:
         runners["bf16"] = Bf16Teacher(accepted["bf16"], threads=args.threads)
-    x = np.ascontiguousarray(np.resize(pool, (args.max_batch, *pool.shape[1:])))
+    x = np.ascontiguousarray(np.resize(pool, (run.max_batch, *pool.shape[1:])))
     seconds = args.seconds * 0.3
     timings = interleaved(runners, x, args.rounds, seconds)
     assert run.quantized is not None
@@ -190,11 +197,11 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
     from pseudostream.server.backends.triton_server import LocalTritonServer
 
     repo = work / f"repo-{kind}"
-    write_model_repository(repo, teacher_dir, name=card.name, platform="python", max_batch_size=args.max_batch,
+    write_model_repository(repo, teacher_dir, name=card.name, platform="python", max_batch_size=run.max_batch,
                            max_queue_delay_us=args.triton_queue_delay_us)
     x = np.ascontiguousarray(pool[:run.request_samples])
     with LocalTritonServer(repo, models=[card.name]) as triton:
-        teacher = {"backend": "triton", "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
+        teacher = {"backend": "triton", "max_batch": run.max_batch, "max_delay_ms": args.max_delay_ms,
                    "triton": {"url": triton.grpc_url, "model": card.name, "repository": str(repo),
                               "platform": "python"}}
         with ServiceProcess(work, f"{card.name}-triton", teacher, topic_config(kind)) as svc:
@@ -213,7 +220,7 @@ def raw_limit(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.
     """(a): raw ONNX Runtime swept over batch sizes in two thread layouts, one session run over
     ``--threads`` and the service's (``--KIND-layout``: workers runs of intra-op threads each);
     the faster layout at its best batch is the limit. Returns that runner."""
-    sweep = sorted({16, 64, args.max_batch, 2 * args.max_batch} if not args.quick else {8, args.max_batch})
+    sweep = sorted({16, 64, run.max_batch, 2 * run.max_batch} if not args.quick else {8, run.max_batch})
     workers, threads = args.layouts[kind]
     layouts = {f"1x{args.threads}": ort_runner(teacher_dir / MODEL_FILENAME, args.threads)}
     if workers > 1:
@@ -226,7 +233,7 @@ def raw_limit(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.
                  sweeps[name]["best"])
     chosen = max(sweeps, key=lambda n: sweeps[n]["best"]["samples_per_s"])
     # The p99 bound takes one batch of max_batch at the layout that infers it fastest.
-    one = min(s["by_batch"][args.max_batch]["p50_ms"] for s in sweeps.values() if args.max_batch in s["by_batch"])
+    one = min(s["by_batch"][run.max_batch]["p50_ms"] for s in sweeps.values() if run.max_batch in s["by_batch"])
     run.ort_sweep = {**sweeps[chosen], "layout": chosen, "one_batch_ms": one,
                      "layouts": {n: {"best_batch": s["best_batch"], **s["best"]} for n, s in sweeps.items()}}
     return layouts[chosen]
@@ -241,11 +248,11 @@ def run_teacher(kind: str, work: Path, args: argparse.Namespace) -> bench_report
     pool = teacher_inputs(kind, card)
     seconds = args.seconds * (2 if kind == "heavy" else 1)
     run = bench_report.TeacherRun(card.name, args.light_request if kind == "light" else args.heavy_request,
-                                  args.max_batch, args.max_delay_ms)
+                                  args.max_batches[kind], args.max_delay_ms)
     accepted = quantize_phase(kind, teacher_dir, work, run)  # exports first: no threads yet
     best = raw_limit(kind, teacher_dir, pool, run, args, seconds)
     run.profile = profile_batches(card.name, ort_teacher(kind, teacher_dir, args), topic_config(kind), pool,
-                                  batch=args.max_batch, request=run.request_samples,
+                                  batch=args.profile_batch, request=run.request_samples,
                                   batches=2 if args.quick else (8 if kind == "heavy" else 100))
     runtime_phase(teacher_dir, pool, accepted, run, args)
     asyncio.run(service_phase(kind, teacher_dir, pool, run, work, args, seconds, best))
@@ -281,8 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[kind] = run_teacher(kind, Path(tmp), args)
     setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
              "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
-             "seconds_heavy": 2 * args.seconds, "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
-             "ort_threads": args.threads, "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()}, "triton_queue_delay_us": args.triton_queue_delay_us,
+             "seconds_heavy": 2 * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
+             "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads, "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()}, "triton_queue_delay_us": args.triton_queue_delay_us,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)
