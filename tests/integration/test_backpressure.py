@@ -12,6 +12,7 @@ import pytest
 
 from pseudostream.clients.client import AsyncLabelerClient
 from pseudostream.server.app import LabelingServer
+from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend
 
 pytestmark = pytest.mark.integration
 
@@ -21,18 +22,31 @@ def _config(make_config):
                                                 "max_queue_samples": 64}})
 
 
-async def test_full_queue_sheds_with_a_retry_hint(make_config, digits):
+async def test_full_queue_sheds_with_a_retry_hint(make_config, digits, monkeypatch):
+    # The real teacher, held until a request has been shed: the queue cannot drain meanwhile, so
+    # 8 requests of 32 against a 64-sample queue always overflow it.
+    release = asyncio.Event()
+    infer = OnnxRuntimeBackend.infer
+
+    async def held(self, batch):
+        await release.wait()
+        return await infer(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "infer", held)
     x = np.ascontiguousarray(digits.stream_x[:32])
     async with LabelingServer(_config(make_config)) as server:
         async with AsyncLabelerClient(server.address, retries=0) as client:
-            outcomes = await asyncio.gather(
-                *[client.label("digits", x, ids=[f"n{k}-{i}" for i in range(32)]) for k in range(8)],
-                return_exceptions=True)
+            calls = [asyncio.ensure_future(client.label("digits", x, ids=[f"n{k}-{i}" for i in range(32)]))
+                     for k in range(8)]
+            await asyncio.wait(calls, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            release.set()
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
     shed = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert shed and all(o.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for o in shed)
     assert "queue is full" in shed[0].details()
     assert int(dict(shed[0].trailing_metadata())["retry-after-ms"]) > 0
     assert len(shed) < 8  # what fit in the queue was answered
+    assert all(len(o) == 32 for o in outcomes if not isinstance(o, BaseException))
 
 
 async def test_default_retries_get_every_request_through(make_config, digits):
