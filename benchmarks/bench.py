@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
              "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
              "seconds_heavy": 2 * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
-             "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads, "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()}, "triton_queue_delay_us": args.triton_queue_delay_us,
+             "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
+             "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
+             "triton_queue_delay_us": args.triton_queue_delay_us,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)

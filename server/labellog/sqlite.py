@@ -16,7 +16,8 @@ import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
 from pseudostream.server.labellog._rows import batch_rows as _batch_rows, to_record as _to_record
-from pseudostream.server.labellog._sqlite_schema import INSERT_RECENT, INSERT_RECORD, RECORD_COLUMNS, SCHEMA, insert_rows
+from pseudostream.server.labellog._sqlite_schema import (INSERT_RECENT, INSERT_RECORD, RECORD_COLUMNS, SCHEMA,
+                                                          insert_rows)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
