@@ -16,7 +16,7 @@ import grpc
 from grpc import aio
 
 from pseudostream.server.errors import PermissionDenied, Unauthenticated
-from pseudostream.server.interceptors import rewrap
+from pseudostream.server.interceptors import our_handler, rewrap
 from pseudostream.server.limits import CLIENT
 from pseudostream.server.security import ANY_TOPIC, Principal, TokenStore
 
@@ -62,10 +62,9 @@ class AuthInterceptor(aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/pseudostream."):
+        handler, rpc = await our_handler(continuation, details)
+        if rpc is None:
             return handler
-        rpc = details.method.rsplit("/", 1)[-1]
         role = RPC_ROLES.get(rpc, "admin") if details.method.startswith(SERVICE_PREFIX) else "admin"
         principal = self._authenticate(details)
         streaming_in = handler.request_streaming

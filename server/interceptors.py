@@ -17,7 +17,7 @@ from grpc import aio
 from pseudostream.server.errors import PseudostreamError
 from pseudostream.server.metrics import ServiceMetrics
 
-__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY", "rewrap", "quiet_unretrieved_aborts"]
+__all__ = ["ErrorMappingInterceptor", "RETRY_AFTER_KEY", "our_handler", "rewrap", "quiet_unretrieved_aborts"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,18 @@ def rewrap(handler: grpc.RpcMethodHandler,
                    response_serializer=handler.response_serializer)
 
 
+async def our_handler(
+    continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+    details: grpc.HandlerCallDetails,
+) -> tuple[grpc.RpcMethodHandler, str | None]:
+    """(the handler, its RPC name), the name None where the handler is not one of pseudostream's
+    services (health, reflection) or there is none: the interceptors pass those through."""
+    handler = await continuation(details)
+    if handler is None or not details.method.startswith("/pseudostream."):
+        return handler, None
+    return handler, details.method.rsplit("/", 1)[-1]
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Maps the exception tree to status codes and counts RPCs by method and code."""
 
@@ -91,10 +103,9 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/pseudostream."):
+        handler, rpc = await our_handler(continuation, details)
+        if rpc is None:
             return handler
-        rpc = details.method.rsplit("/", 1)[-1]
         return rewrap(handler, lambda behavior: self._wrap_unary(rpc, behavior),
                       lambda behavior: self._wrap_streaming(rpc, behavior))
 
