@@ -14,11 +14,17 @@ import numpy as np
 from pseudostream.server.errors import InvalidInput
 from pseudostream.server.labellog.base import LabelBatch, LabelRecord
 
-__all__ = ["batch_rows", "to_record", "class_lists"]
+__all__ = ["batch_rows", "batch_columns", "to_record", "class_lists"]
 
 
 def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
     """The batch as row tuples in ``RECORD_COLUMNS`` order (_sqlite_schema), without the offset."""
+    return list(zip(*batch_columns(batch, created_at)))
+
+
+def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
+    """The same values column by column (one list per field, n values each): what a multi-row
+    insert binds without building a tuple per row."""
     n = len(batch)
     columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
                "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata,
@@ -35,7 +41,7 @@ def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
         samples = [row.tobytes() for row in little]
         shape, dtype = json.dumps(list(little.shape[1:])), little.dtype.name
     metadata = [json.dumps(dict(m)) for m in batch.metadata] if batch.metadata else ["{}"] * n
-    return list(zip(
+    return [
         [str(i) for i in batch.ids],
         np.asarray(batch.label, dtype=np.int64).tolist(),
         np.asarray(batch.confidence, dtype=np.float64).tolist(),
@@ -43,7 +49,7 @@ def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
         np.asarray(batch.threshold, dtype=np.float64).tolist(),
         [batch.teacher_version] * n, [batch.policy] * n, [created_at] * n,
         samples, [shape] * n, [dtype] * n, metadata, class_lists(batch, n),
-    ))
+    ]
 
 
 def class_lists(batch: LabelBatch, n: int) -> list[str | None]:

@@ -45,16 +45,18 @@ INSERT_RECENT = "INSERT OR REPLACE INTO recent(topic, sample_id, blob, expires) 
 _MOST_ROWS = 256
 
 
-def insert_rows(conn: sqlite3.Connection, head: str, rows: list[tuple]) -> None:
-    """``head`` (``INSERT ... VALUES``) with ``rows``, as few multi-row statements as powers of two
-    allow (115 rows: 64+32+16+2+1). Not ``executemany``: it steps once per row, and every step
-    gives up the GIL and waits to take it back from the event loop's thread."""
-    if not rows:
-        return
-    width, k = len(rows[0]), 0
-    while k < len(rows):
-        n = min(_MOST_ROWS, 1 << ((len(rows) - k).bit_length() - 1))
-        conn.execute(_values(head, width, n), [v for row in rows[k:k + n] for v in row])
+def insert_rows(conn: sqlite3.Connection, head: str, columns: list[list]) -> None:
+    """``head`` (``INSERT ... VALUES``) with the rows that ``columns`` (one list per field) hold,
+    as few multi-row statements as powers of two allow (115 rows: 64+32+16+2+1). Not
+    ``executemany``: it steps once per row, and every step gives up the GIL and waits to take it
+    back from the event loop's thread. Parameters are laid out column by column, by slices."""
+    width, total, k = len(columns), len(columns[0]) if columns else 0, 0
+    while k < total:
+        n = min(_MOST_ROWS, 1 << ((total - k).bit_length() - 1))
+        params: list = [None] * (n * width)
+        for j, column in enumerate(columns):
+            params[j::width] = column[k:k + n]
+        conn.execute(_values(head, width, n), params)
         k += n
 
 

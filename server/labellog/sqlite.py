@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._rows import batch_rows as _batch_rows, to_record as _to_record
+from pseudostream.server.labellog._rows import batch_columns as _batch_columns, to_record as _to_record
 from pseudostream.server.labellog._sqlite_schema import (INSERT_RECENT, INSERT_RECORD, RECORD_COLUMNS, SCHEMA,
                                                           insert_rows)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
@@ -266,19 +266,21 @@ class SqliteLabelLog(LabelLog):
         with self._transaction() as conn:
             return conn.execute(sql, params).rowcount
 
-    def _append_rows(self, topic: str, rows: list[tuple]) -> int:
-        """Inside a transaction: the rows at the topic's next offsets; returns the first."""
+    def _append_rows(self, topic: str, columns: list[list]) -> int:
+        """Inside a transaction: the rows (``_rows.batch_columns``) at the topic's next offsets;
+        returns the first."""
         conn = self._conn
         first = self._scalar(
             "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
         )
-        insert_rows(conn, INSERT_RECORD, [(topic, first + i, *r) for i, r in enumerate(rows)])
+        n = len(columns[0])
+        insert_rows(conn, INSERT_RECORD, [[topic] * n, list(range(first, first + n)), *columns])
         conn.execute(
             "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
-            (topic, first + len(rows)),
+            (topic, first + n),
         )
         if self.max_len is not None or self.max_age_s is not None:
-            self._trim(conn, topic, first + len(rows))
+            self._trim(conn, topic, first + n)
         return first
 
     def _trim(self, conn: sqlite3.Connection, topic: str, end: int) -> None:
@@ -347,14 +349,16 @@ class SqliteLabelLog(LabelLog):
     def _append_remember_tx(self, topic: str, batch: LabelBatch | None,
                             entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
                             now: float, ttl_s: float) -> int:
-        rows = _batch_rows(batch, now) if batch is not None else []  # built here, off the event loop
+        columns = _batch_columns(batch, now) if batch is not None else []  # built here, off the event loop
+        n = len(columns[0]) if columns else 0
         with self._transaction():
-            first = self._append_rows(topic, rows) if rows else 0
+            first = self._append_rows(topic, columns) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
-                offsets = np.arange(first, first + len(rows), dtype=np.int64)
+                kept = entries(np.arange(first, first + n, dtype=np.int64))
                 self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
-                insert_rows(self._conn, INSERT_RECENT, [(topic, sid, bytes(blob), now + ttl_s)
-                                                        for sid, blob in entries(offsets).items()])
+                m = len(kept)
+                insert_rows(self._conn, INSERT_RECENT,
+                            [[topic] * m, list(kept), [bytes(b) for b in kept.values()], [now + ttl_s] * m])
         return first
 
     def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
