@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heavy-max-batch", type=int, default=128, help="the same, heavy teacher")
     p.add_argument("--profile-batch", type=int, default=128, help="batch size of the per-stage profile")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
+    p.add_argument("--fixed-delay", action="store_true",
+                   help="the service waits max-delay-ms for every partial batch (the default config) "
+                        "instead of running with adaptive_delay")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="ONNX Runtime intra-op threads of the raw baseline (a)")
     cores = os.cpu_count() or 1
@@ -109,7 +112,8 @@ def ort_teacher(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[st
     workers, threads = args.layouts[kind]
     return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batches[kind],
             "max_delay_ms": args.max_delay_ms, "intra_op_threads": threads,
-            "inference_workers": workers, "pipeline_depth": workers + 1 + (workers > 1)}
+            "inference_workers": workers, "pipeline_depth": workers + 1 + (workers > 1),
+            "adaptive_delay": not args.fixed_delay}
 
 
 def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
@@ -202,6 +206,7 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
     x = np.ascontiguousarray(pool[:run.request_samples])
     with LocalTritonServer(repo, models=[card.name]) as triton:
         teacher = {"backend": "triton", "max_batch": run.max_batch, "max_delay_ms": args.max_delay_ms,
+                   "adaptive_delay": not args.fixed_delay,
                    "triton": {"url": triton.grpc_url, "model": card.name, "repository": str(repo),
                               "platform": "python"}}
         with ServiceProcess(work, f"{card.name}-triton", teacher, topic_config(kind)) as svc:
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "seconds_heavy": 2 * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
              "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
              "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
-             "triton_queue_delay_us": args.triton_queue_delay_us,
+             "triton_queue_delay_us": args.triton_queue_delay_us, "adaptive_delay": not args.fixed_delay,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)

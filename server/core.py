@@ -114,7 +114,9 @@ class LabelingCore:
             batcher = MicroBatcher(pipeline.process, max_batch=tcfg.max_batch,
                                    max_delay_s=tcfg.max_delay_ms / 1000.0,
                                    max_queue_samples=tcfg.max_queue_samples, name=name,
-                                   depth=tcfg.pipeline_depth, gate=pipeline.teacher_free)
+                                   depth=tcfg.pipeline_depth, gate=pipeline.teacher_free,
+                                   idle=pipeline.teacher_idle if tcfg.adaptive_delay else None,
+                                   inference_s=pipeline.inference_s if tcfg.adaptive_delay else None)
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
-from pseudostream.server.batcher import WorkItem
+from pseudostream.server.batcher import WorkItem, metadata_rows
 from pseudostream.server.idempotency import concat_decisions, decode_decisions, encode_decisions, unique_rows
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
@@ -80,6 +80,7 @@ class TeacherPipeline:
         self._issued = self._labeled = 0
         self._turn = asyncio.Condition()
         self._inferring = 0
+        self._inference_s = float("inf")
         self._teacher_free = asyncio.Condition()
         # Idempotency: a batch's recall is asked for when the batch arrives, beside its
         # inference. Batches labeled after that question keep their entries here, by labeling
@@ -92,6 +93,14 @@ class TeacherPipeline:
         workers = self.backend.concurrency
         async with self._teacher_free:
             await self._teacher_free.wait_for(lambda: self._inferring < workers)
+
+    def teacher_idle(self) -> bool:
+        """Whether the backend has a free worker now (the MicroBatcher's adaptive delay)."""
+        return self._inferring < self.backend.concurrency
+
+    def inference_s(self) -> float:
+        """Recent seconds per batch inference, weighted toward the last ones (inf before any)."""
+        return self._inference_s
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
@@ -206,7 +215,9 @@ class TeacherPipeline:
         except Exception as exc:
             self.metrics.backend_errors.labels(self.name, type(exc).__name__).inc()
             raise
-        self.metrics.inference_latency.labels(self.name).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._inference_s = took if self._inference_s == float("inf") else 0.8 * self._inference_s + 0.2 * took
+        self.metrics.inference_latency.labels(self.name).observe(took)
         self.metrics.batch_size.labels(self.name).observe(x.shape[0])
         return out
 
@@ -219,7 +230,7 @@ class TeacherPipeline:
         sizes = np.array([i.size for i in group])
         rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, sizes)])
         ids = np.concatenate([np.asarray(i.ids, dtype=object) for i in group])
-        metadata = _metadata_rows(group)
+        metadata = metadata_rows(group)
         known = {} if recalled is None else await self._known(topic.name, ids, recalled)
         first, inverse = unique_rows(ids)
         is_new = np.array([ids[k] not in known for k in first], bool)
@@ -375,15 +386,6 @@ def _low_trust(d: Decisions, how: str) -> Decisions:
         return dataclasses.replace(d, weight=weight)
     return dataclasses.replace(d, weight=weight, accept=np.zeros_like(d.accept),
                                reason=np.full(len(d), "adapter_alarm"))
-
-
-def _metadata_rows(group: list[WorkItem]) -> list[Mapping[str, str]] | None:
-    if all(not i.metadata for i in group):
-        return None
-    rows: list[Mapping[str, str]] = []
-    for item in group:
-        rows.extend(item.metadata if item.metadata else [{}] * item.size)
-    return rows
 
 
 def _audit_labels(metadata: list[Mapping[str, str]] | None, key: str | None, n: int) -> np.ndarray | None:

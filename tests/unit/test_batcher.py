@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 
 import numpy as np
 import pytest
 
-from pseudostream.server.batcher import MicroBatcher, WorkItem, batch_wait, take_batch
+from pseudostream.server.batcher import ArrivalRate, MicroBatcher, WorkItem, batch_wait, fills_in, take_batch
 from pseudostream.server.errors import Overloaded
 
 
@@ -126,3 +128,62 @@ async def test_micro_batcher_overlaps_up_to_depth_batches_and_stop_waits_for_the
     assert order == ["t00", "t10", "t20", "t30", "t40"] and most == 2
     with pytest.raises(ValueError):
         MicroBatcher(process, max_batch=4, max_delay_s=0.0, max_queue_samples=100, depth=0)
+
+
+def test_arrival_rate_is_the_exponentially_weighted_sum_of_arrivals():
+    rate = ArrivalRate(tau_s=0.1)
+    for size, at in [(4, 10.0), (8, 10.05), (2, 10.2)]:
+        rate.add(size, at)
+    expected = sum(s * math.exp(-(10.3 - t) / 0.1) for s, t in [(4, 10.0), (8, 10.05), (2, 10.2)]) / 0.1
+    assert rate.at(10.3) == pytest.approx(expected)
+    assert rate.at(11.3) == pytest.approx(expected * math.exp(-10))
+
+
+@pytest.mark.parametrize("queued, rate, seconds, fills", [(100, 20000, 0.005, True), (100, 20000, 0.001, False),
+                                                          (256, 0, 0.0, True), (0, 0, 1.0, False)])
+def test_fills_in_compares_the_expected_queue_with_max_batch(queued, rate, seconds, fills):
+    assert fills_in(queued, rate, seconds, max_batch=200) is fills
+
+
+def _recording_batcher(idle: bool, max_batch: int, inference_s: float = 0.01):
+    seen: list[tuple[float, list[int]]] = []
+
+    async def process(batch: list[WorkItem]) -> None:
+        seen.append((time.monotonic(), [i.size for i in batch]))
+        for i in batch:
+            i.future.set_result(None)
+
+    batcher = MicroBatcher(process, max_batch=max_batch, max_delay_s=0.5, max_queue_samples=100,
+                           idle=lambda: idle, inference_s=lambda: inference_s)
+    return batcher, seen
+
+
+def _now_item(n: int) -> WorkItem:
+    return WorkItem("t", [f"t{i}" for i in range(n)], np.zeros((n, 2), np.float32))
+
+
+@pytest.mark.parametrize("idle, inference_s, early", [(True, 0.01, True), (False, 0.01, False),
+                                                       (True, 3.0, False)])
+async def test_adaptive_delay_cuts_a_lone_item_at_once_only_for_an_idle_fast_teacher(idle, inference_s, early):
+    """max_delay_s is 0.5: an idle teacher that infers in 10 ms gets the item at once; a busy one,
+    or one that takes 3 s (over 4 delays), gets it at the deadline."""
+    batcher, seen = _recording_batcher(idle, max_batch=64, inference_s=inference_s)
+    batcher.start()
+    started = time.monotonic()
+    await asyncio.wait_for(batcher.submit(_now_item(3)), timeout=2.0)
+    await batcher.stop()
+    waited = seen[0][0] - started
+    assert (waited < 0.25) if early else (waited >= 0.45)
+
+
+async def test_adaptive_delay_still_waits_when_the_arrival_rate_will_fill_the_batch():
+    """7 samples in a burst make a rate (70/s over tau 0.1 s) that fills 8 within the 0.5 s delay:
+    the batcher waits for the eighth instead of cutting the first alone."""
+    batcher, seen = _recording_batcher(True, max_batch=8)
+    batcher.start()
+    first = [batcher.submit(_now_item(1)) for _ in range(7)]
+    await asyncio.sleep(0.05)
+    last = batcher.submit(_now_item(1))
+    await asyncio.wait_for(asyncio.gather(*first, last), timeout=2.0)
+    await batcher.stop()
+    assert [sizes for _, sizes in seen] == [[1] * 8]
