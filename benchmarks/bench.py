@@ -47,6 +47,9 @@ log = logging.getLogger("bench")
 TEACHERS = {"light": Path(".cache/teachers/digits-cnn"), "heavy": Path(".cache/teachers/resnet18")}
 SERVICE_METRICS = ("pseudostream_batch_size_sum", "pseudostream_batch_size_count")
 TRITON_METRICS = ("nv_inference_count", "nv_inference_exec_count")
+# Heavy windows are this many light ones: 20 s hold about 32 batches of 0.6 s, so one batch more
+# or less in a window moves its rate by about 3%, not 6%.
+HEAVY_WINDOWS = 4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, light teacher only, no Triton (smoke test)")
     p.add_argument("--teachers", default="light,heavy", help="which of light,heavy to run")
     p.add_argument("--producers", default="1,4,16")
-    p.add_argument("--seconds", type=float, default=5.0, help="light teacher's window; heavy gets 2x")
+    p.add_argument("--seconds", type=float, default=5.0, help="light teacher's window; heavy gets HEAVY_WINDOWS x")
     p.add_argument("--light-request", type=int, default=128, help="samples per request, light teacher")
     p.add_argument("--heavy-request", type=int, default=16, help="samples per request, heavy teacher")
     p.add_argument("--light-max-batch", type=int, default=256,
@@ -251,7 +254,7 @@ def run_teacher(kind: str, work: Path, args: argparse.Namespace) -> bench_report
     teacher_dir = TEACHERS[kind]
     card = TeacherCard.load(teacher_dir)
     pool = teacher_inputs(kind, card)
-    seconds = args.seconds * (2 if kind == "heavy" else 1)
+    seconds = args.seconds * (HEAVY_WINDOWS if kind == "heavy" else 1)
     run = bench_report.TeacherRun(card.name, args.light_request if kind == "light" else args.heavy_request,
                                   args.max_batches[kind], args.max_delay_ms)
     accepted = quantize_phase(kind, teacher_dir, work, run)  # exports first: no threads yet
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[kind] = run_teacher(kind, Path(tmp), args)
     setup = {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
              "python": platform.python_version(), "producers": args.ns, "seconds_light": args.seconds,
-             "seconds_heavy": 2 * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
+             "seconds_heavy": HEAVY_WINDOWS * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
              "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
              "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
              "triton_queue_delay_us": args.triton_queue_delay_us, "adaptive_delay": not args.fixed_delay,
