@@ -28,7 +28,8 @@ Runner = Callable[[np.ndarray], Any]
 
 def ort_runner(model: str | Path, threads: int, input_name: str = "input", workers: int = 1) -> Runner:
     """``run(x)`` on an ONNX Runtime CPU session with ``threads`` intra-op threads (as the
-    service's embedded backend builds it). With ``workers`` > 1, ``x`` is split in that many
+    service's embedded backend builds it, except that idle intra-op threads spin: ONNX Runtime's
+    default, its fastest setting when nothing else needs the cores). With ``workers`` > 1, ``x`` is split in that many
     equal parts run at once on their own threads through the one session (the service's
     ``inference_workers``), so a call of ``workers * b`` rows is ``workers`` batches of ``b``."""
     options = ort.SessionOptions()

@@ -196,7 +196,8 @@ class MicroBatcher:
         item.future = asyncio.get_running_loop().create_future()
         self._queue.append(item)
         self._queued += item.size
-        self._arrivals.add(item.size, time.monotonic())
+        if self._idle is not None:  # only the adaptive delay reads the rate
+            self._arrivals.add(item.size, time.monotonic())
         self._wakeup.set()
         return item.future
 

@@ -90,9 +90,8 @@ class TeacherPipeline:
     async def teacher_free(self) -> None:
         """Return once the backend has a free worker (the MicroBatcher's gate: it cuts the next
         batch then, full-sized, instead of queueing a small one behind running inferences)."""
-        workers = self.backend.concurrency
         async with self._teacher_free:
-            await self._teacher_free.wait_for(lambda: self._inferring < workers)
+            await self._teacher_free.wait_for(self.teacher_idle)
 
     def teacher_idle(self) -> bool:
         """Whether the backend has a free worker now (the MicroBatcher's adaptive delay)."""
@@ -327,9 +326,10 @@ class TeacherPipeline:
             done = asyncio.get_running_loop().create_future()
             done.set_result(offsets)
             return done
-        fresh = _Fresh(self._labeled, set(ids.tolist()) if window else set())  # this batch's labeling number
+        fresh = _Fresh(self._labeled, set(ids.tolist())) if window else None  # this batch's labeling number
 
         def entries(appended: np.ndarray) -> dict[str, bytes]:
+            assert fresh is not None
             numbered = offsets.copy()
             numbered[accepted] = appended
             fresh.entries = dict(zip(ids.tolist(), encode_decisions(decisions, numbered, version)))
@@ -342,11 +342,12 @@ class TeacherPipeline:
                 self.metrics.appended.labels(topic).inc(int(accepted.size))
             return offsets
 
-        fresh.appended = asyncio.ensure_future(append())
-        fresh.appended.add_done_callback(_retrieve)
-        if window:
+        task = asyncio.ensure_future(append())
+        task.add_done_callback(_retrieve)
+        if fresh is not None:
+            fresh.appended = task
             self._fresh.setdefault(topic, deque(maxlen=_FRESH_BATCHES)).append(fresh)
-        return fresh.appended
+        return task
 
     async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """[K, B, C] probabilities: the batch itself, then K-1 test-time-augmented copies."""

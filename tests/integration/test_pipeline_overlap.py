@@ -34,7 +34,7 @@ class SlowFirstBackend(OnnxRuntimeBackend):
 
 
 class HeldFirstAppendLog(SqliteLabelLog):
-    """The real SQLite log whose first append waits for ``release`` (set on close at the latest)."""
+    """The real SQLite log whose first append waits for ``release``."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -46,10 +46,6 @@ class HeldFirstAppendLog(SqliteLabelLog):
         if self.appends == 1:
             await self.release.wait()
         return await super().append_and_remember(*args, **kwargs)
-
-    async def close(self) -> None:
-        self.release.set()
-        await super().close()
 
 
 @contextlib.asynccontextmanager
