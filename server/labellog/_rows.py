@@ -14,7 +14,7 @@ import numpy as np
 from pseudostream.server.errors import InvalidInput
 from pseudostream.server.labellog.base import LabelBatch, LabelRecord
 
-__all__ = ["batch_rows", "batch_columns", "to_record", "class_lists"]
+__all__ = ["batch_rows", "batch_columns", "to_record", "class_lists", "little_samples"]
 
 
 def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
@@ -26,18 +26,10 @@ def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
     """The same values column by column (one list per field, n values each): what a multi-row
     insert binds without building a tuple per row."""
     n = len(batch)
-    columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
-               "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata,
-               "positive": batch.positive, "negative": batch.negative}
-    for name, col in columns.items():
-        if col is not None and len(col) != n:
-            raise InvalidInput(f"LabelBatch.{name} has {len(col)} rows, expected {n} (len(ids))")
+    little = little_samples(batch)
     samples: list[bytes | None] = [None] * n
     shape = dtype = None
-    if batch.samples is not None:
-        if batch.samples.dtype.kind not in "biufc":
-            raise InvalidInput(f"samples must be a numeric array, got dtype {batch.samples.dtype}")
-        little = np.ascontiguousarray(batch.samples, batch.samples.dtype.newbyteorder("<"))
+    if little is not None:
         samples = [row.tobytes() for row in little]
         shape, dtype = json.dumps(list(little.shape[1:])), little.dtype.name
     metadata = [json.dumps(dict(m)) for m in batch.metadata] if batch.metadata else ["{}"] * n
@@ -50,6 +42,23 @@ def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
         [batch.teacher_version] * n, [batch.policy] * n, [created_at] * n,
         samples, [shape] * n, [dtype] * n, metadata, class_lists(batch, n),
     ]
+
+
+def little_samples(batch: LabelBatch) -> np.ndarray | None:
+    """Checks that every column has len(ids) rows; returns the samples as a little-endian,
+    C-order array (None when the batch has none)."""
+    n = len(batch)
+    columns = {"label": batch.label, "confidence": batch.confidence, "weight": batch.weight,
+               "threshold": batch.threshold, "samples": batch.samples, "metadata": batch.metadata,
+               "positive": batch.positive, "negative": batch.negative}
+    for name, col in columns.items():
+        if col is not None and len(col) != n:
+            raise InvalidInput(f"LabelBatch.{name} has {len(col)} rows, expected {n} (len(ids))")
+    if batch.samples is None:
+        return None
+    if batch.samples.dtype.kind not in "biufc":
+        raise InvalidInput(f"samples must be a numeric array, got dtype {batch.samples.dtype}")
+    return np.ascontiguousarray(batch.samples, batch.samples.dtype.newbyteorder("<"))
 
 
 def class_lists(batch: LabelBatch, n: int) -> list[str | None]:

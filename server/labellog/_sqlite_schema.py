@@ -1,23 +1,25 @@
-"""The SQLite label log's tables (``sqlite.SqliteLabelLog``) and its multi-row inserts."""
+"""The SQLite label log's tables (``sqlite.SqliteLabelLog``), its multi-row inserts, and the
+move of earlier releases' per-record rows into segments."""
 
 from __future__ import annotations
 
 import functools
 import sqlite3
 
-__all__ = ["SCHEMA", "RECORD_COLUMNS", "INSERT_RECORD", "INSERT_RECENT", "insert_rows"]
+from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs
 
-# records keeps its rowid: rows may carry large sample blobs, which WITHOUT ROWID tables handle
-# badly. The small bookkeeping tables are clustered on their keys instead.
+__all__ = ["SCHEMA", "INSERT_SEGMENT", "INSERT_RECENT", "FIND_SEGMENT", "SEGMENT_ROWS", "insert_rows", "migrate"]
+
+# segments (one row per appended batch, ``_segments``) keeps its rowid: rows carry the batch's
+# sample blobs, which WITHOUT ROWID tables handle badly. The small bookkeeping tables are
+# clustered on their keys instead. topics.low is the first offset retention kept.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS records(
-    topic TEXT NOT NULL, offset INTEGER NOT NULL, sample_id TEXT NOT NULL, label INTEGER NOT NULL,
-    confidence REAL NOT NULL, weight REAL NOT NULL, threshold REAL NOT NULL,
-    teacher_version TEXT NOT NULL, policy TEXT NOT NULL, created_at REAL NOT NULL,
-    sample BLOB, shape TEXT, dtype TEXT, metadata TEXT NOT NULL DEFAULT '{}', classes TEXT,
-    PRIMARY KEY(topic, offset));
-CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL)
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments(
+    topic TEXT NOT NULL, first INTEGER NOT NULL, n INTEGER NOT NULL, created_at REAL NOT NULL,
+    teacher_version TEXT NOT NULL, policy TEXT NOT NULL, ids TEXT NOT NULL, numbers BLOB NOT NULL,
+    samples BLOB, shape TEXT, dtype TEXT, metadata TEXT, classes TEXT, PRIMARY KEY(topic, first));
+CREATE TABLE IF NOT EXISTS topics(topic TEXT PRIMARY KEY, next_offset INTEGER NOT NULL,
+    low INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS groups(topic TEXT NOT NULL, grp TEXT NOT NULL, cursor INTEGER NOT NULL,
     PRIMARY KEY(topic, grp)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending(topic TEXT NOT NULL, grp TEXT NOT NULL, offset INTEGER NOT NULL,
@@ -32,12 +34,15 @@ CREATE TABLE IF NOT EXISTS recent(topic TEXT NOT NULL, sample_id TEXT NOT NULL, 
 CREATE INDEX IF NOT EXISTS recent_by_expiry ON recent(topic, expires);
 """
 
-RECORD_COLUMNS = (
-    "offset, sample_id, label, confidence, weight, threshold, teacher_version, policy, "
-    "created_at, sample, shape, dtype, metadata, classes"
-)
-
-INSERT_RECORD = f"INSERT INTO records(topic, {RECORD_COLUMNS}) VALUES"
+INSERT_SEGMENT = (f"INSERT INTO segments(topic, first, {', '.join(SEGMENT_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * (2 + len(SEGMENT_COLUMNS)))})")
+# The segment holding the record at an offset: its first offset and size.
+FIND_SEGMENT = "SELECT first, n FROM segments WHERE topic = ? AND first <= ? ORDER BY first DESC LIMIT 1"
+# A segment's columns with only rows lo..hi of its samples (``substr`` counts bytes of a blob
+# from 1), so a read of a few records does not load a whole batch of samples.
+_SAMPLE_ROWS = "substr(samples, 1 + :lo * (length(samples) / n), (:hi - :lo + 1) * (length(samples) / n))"
+SEGMENT_ROWS = (f"SELECT {', '.join(SEGMENT_COLUMNS).replace('samples', _SAMPLE_ROWS)} "
+                "FROM segments WHERE topic = :topic AND first = :first")
 INSERT_RECENT = "INSERT OR REPLACE INTO recent(topic, sample_id, blob, expires) VALUES"
 
 # Rows per statement: powers of two up to this, so a handful of statements (each prepared once,
@@ -63,3 +68,35 @@ def insert_rows(conn: sqlite3.Connection, head: str, columns: list[list]) -> Non
 @functools.lru_cache(maxsize=None)
 def _values(head: str, width: int, n: int) -> str:
     return head + ",".join(["(" + ",".join("?" * width) + ")"] * n)
+
+
+# The per-record table of earlier releases, which ``migrate`` moves into segments.
+_RECORDS = ("sample_id, label, confidence, weight, threshold, teacher_version, policy, created_at, sample, shape, "
+            "dtype, metadata, classes")
+
+
+def migrate(conn: sqlite3.Connection, most: int = _MOST_ROWS) -> int:
+    """Brings a file written by an earlier release up to this schema, in one transaction: adds
+    ``topics.low`` and moves the rows of the per-record ``records`` table into segments of up to
+    ``most`` records. Returns how many records moved (0 for a current file)."""
+    moved = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "low" not in [row[1] for row in conn.execute("PRAGMA table_info(topics)")]:
+            conn.execute("ALTER TABLE topics ADD COLUMN low INTEGER NOT NULL DEFAULT 0")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'").fetchone():
+            conn.execute("UPDATE topics SET low = COALESCE((SELECT MIN(offset) FROM records "
+                         "WHERE records.topic = topics.topic), next_offset)")
+            for (topic,) in conn.execute("SELECT DISTINCT topic FROM records").fetchall():
+                rows = conn.execute(f"SELECT offset, {_RECORDS} FROM records WHERE topic = ? ORDER BY offset",
+                                    (topic,))
+                for first, run in runs(rows, most):
+                    conn.execute(INSERT_SEGMENT, (topic, first, *pack_rows(run)))
+                    moved += len(run)
+            conn.execute("DROP TABLE records")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return moved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 import sqlite3
@@ -15,9 +16,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._rows import batch_columns as _batch_columns, to_record as _to_record
-from pseudostream.server.labellog._sqlite_schema import (INSERT_RECENT, INSERT_RECORD, RECORD_COLUMNS, SCHEMA,
-                                                          insert_rows)
+from pseudostream.server.labellog._segments import pack, unpack
+from pseudostream.server.labellog._sqlite_schema import (FIND_SEGMENT, INSERT_RECENT, INSERT_SEGMENT, SCHEMA,
+                                                          SEGMENT_ROWS, insert_rows, migrate)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
@@ -149,7 +150,7 @@ class SqliteLabelLog(LabelLog):
     async def get(self, topic: str, offsets: Sequence[int]) -> list[LabelRecord]:
         """The records at ``offsets`` in the order given; missing ones are skipped."""
         order = [(int(o), 0) for o in offsets]
-        return await self._call("get", self._fetch, topic, order, True)
+        return await self._call("get", self._fetch, topic, order)
 
     async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
         """Keep ``entries`` (sample id -> blob) for ``ttl_s`` seconds; expired ones are purged."""
@@ -237,6 +238,9 @@ class SqliteLabelLog(LabelLog):
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
+            moved = migrate(conn)
+            if moved:
+                logger.info("label log %s: moved %d records of an earlier release into segments", self.path, moved)
             released = conn.execute("UPDATE pending SET deadline = 0").rowcount  # restart rule
             if released:
                 logger.info("label log %s: released %d pending deliveries", self.path, released)
@@ -266,33 +270,33 @@ class SqliteLabelLog(LabelLog):
         with self._transaction() as conn:
             return conn.execute(sql, params).rowcount
 
-    def _append_rows(self, topic: str, columns: list[list]) -> int:
-        """Inside a transaction: the rows (``_rows.batch_columns``) at the topic's next offsets;
+    def _append_segment(self, topic: str, segment: tuple) -> int:
+        """Inside a transaction: the segment (``_segments.pack``) at the topic's next offsets;
         returns the first."""
         conn = self._conn
         first = self._scalar(
             "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
         )
-        n = len(columns[0])
-        insert_rows(conn, INSERT_RECORD, [[topic] * n, list(range(first, first + n)), *columns])
-        conn.execute(
-            "INSERT OR REPLACE INTO topics(topic, next_offset) VALUES (?, ?)",
-            (topic, first + n),
-        )
+        end = first + segment[0]
+        conn.execute(INSERT_SEGMENT, (topic, first, *segment))
+        conn.execute("INSERT INTO topics(topic, next_offset) VALUES (?, ?) "
+                     "ON CONFLICT(topic) DO UPDATE SET next_offset = excluded.next_offset", (topic, end))
         if self.max_len is not None or self.max_age_s is not None:
-            self._trim(conn, topic, first + n)
+            self._trim(conn, topic, end)
         return first
 
     def _trim(self, conn: sqlite3.Connection, topic: str, end: int) -> None:
-        """Retention: drop old records and their pending deliveries; move cursors past them."""
+        """Retention: raise the topic's first kept offset, drop the segments wholly below it and
+        the pending deliveries below it; move cursors past them."""
         low = 0 if self.max_len is None else end - self.max_len
-        if self.max_age_s is not None:
-            young = self._scalar("SELECT MIN(offset) FROM records WHERE topic = ? AND created_at >= ?",
-                                 (topic, time.time() - self.max_age_s))
+        if self.max_age_s is not None:  # a segment's records share its creation time
+            young = self._scalar("SELECT (SELECT first FROM segments WHERE topic = ? AND created_at >= ? "
+                                 "ORDER BY first LIMIT 1)", (topic, time.time() - self.max_age_s))
             low = max(low, end if young is None else young)
-        if low <= 0:
+        if low <= self._scalar("SELECT low FROM topics WHERE topic = ?", (topic,)):
             return
-        conn.execute("DELETE FROM records WHERE topic = ? AND offset < ?", (topic, low))
+        conn.execute("UPDATE topics SET low = ? WHERE topic = ?", (low, topic))
+        conn.execute("DELETE FROM segments WHERE topic = ? AND first < ? AND first + n <= ?", (topic, low, low))
         conn.execute("DELETE FROM pending WHERE topic = ? AND offset < ?", (topic, low))
         conn.execute("UPDATE groups SET cursor = ? WHERE topic = ? AND cursor < ?", (low, topic, low))
 
@@ -309,9 +313,8 @@ class SqliteLabelLog(LabelLog):
         deadline = now + self.visibility_timeout_s
         with self._transaction() as conn:
             conn.execute(  # a new group starts at the oldest record retention kept
-                "INSERT OR IGNORE INTO groups VALUES (?, ?, COALESCE((SELECT MIN(offset) FROM "
-                "records WHERE topic = ?), (SELECT next_offset FROM topics WHERE topic = ?), 0))",
-                (topic, group, topic, topic))
+                "INSERT OR IGNORE INTO groups VALUES (?, ?, COALESCE((SELECT low FROM topics WHERE topic = ?), 0))",
+                (topic, group, topic))
             claimed = conn.execute(
                 "SELECT offset, deliveries + 1 FROM pending "
                 "WHERE topic = ? AND grp = ? AND deadline <= ? "
@@ -349,10 +352,10 @@ class SqliteLabelLog(LabelLog):
     def _append_remember_tx(self, topic: str, batch: LabelBatch | None,
                             entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
                             now: float, ttl_s: float) -> int:
-        columns = _batch_columns(batch, now) if batch is not None else []  # built here, off the event loop
-        n = len(columns[0]) if columns else 0
+        segment = pack(batch, now) if batch is not None else None  # built here, off the event loop
+        n = 0 if segment is None else segment[0]
         with self._transaction():
-            first = self._append_rows(topic, columns) if n else 0
+            first = self._append_segment(topic, segment) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
                 kept = entries(np.arange(first, first + n, dtype=np.int64))
                 self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
@@ -370,17 +373,27 @@ class SqliteLabelLog(LabelLog):
             found.update((sid, bytes(blob)) for sid, blob in self._conn.execute(sql, (topic, *chunk, now)))
         return found
 
-    def _fetch(self, topic: str, order: list[tuple[int, int]],
-               skip_missing: bool = False) -> list[LabelRecord]:
-        """Load records for (offset, deliveries) pairs, returned in the order given."""
-        rows: dict[int, tuple] = {}
-        offsets = [off for off, _ in order]
-        for i in range(0, len(offsets), _IN_CHUNK):
-            chunk = offsets[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE topic = ? AND offset IN ({marks})"
-            rows.update((r[0], r) for r in self._conn.execute(sql, (topic, *chunk)))
-        return [_to_record(rows[off], n) for off, n in order if not skip_missing or off in rows]
+    def _fetch(self, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
+        """Load records for (offset, deliveries) pairs, returned in the order given; offsets
+        that retention dropped or that were never appended are skipped. One lookup per segment
+        touched; only the samples of the rows asked for are read."""
+        low = self._scalar("SELECT COALESCE((SELECT low FROM topics WHERE topic = ?), 0)", (topic,))
+        deliveries = dict(order)
+        wanted = sorted(off for off in deliveries if off >= low)
+        found: dict[int, LabelRecord] = {}
+        i = 0
+        while i < len(wanted):
+            hit = self._conn.execute(FIND_SEGMENT, (topic, wanted[i])).fetchone()
+            if hit is None or wanted[i] >= hit[0] + hit[1]:
+                i += 1
+                continue
+            first, n = hit
+            j = bisect.bisect_left(wanted, first + n, i)
+            lo, hi = wanted[i] - first, wanted[j - 1] - first
+            segment = self._conn.execute(SEGMENT_ROWS, {"topic": topic, "first": first, "lo": lo, "hi": hi}).fetchone()
+            found.update(unpack(first, segment, [(off, deliveries[off]) for off in wanted[i:j]], lo))
+            i = j
+        return [found[off] for off, _ in order if off in found]
 
 
 def _resolve(future: asyncio.Future) -> None:
