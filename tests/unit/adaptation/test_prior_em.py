@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pseudostream.server.adaptation import ADAPTERS, AdapterInput, PriorEMAdapter
+from pseudostream.server.adaptation.prior_em import em_prior
 from pseudostream.server.errors import ConfigError
 
 MEANS = np.array([-2.0, 0.0, 2.0])
@@ -75,3 +76,17 @@ def test_window_keeps_last_rows_and_state_round_trips():
 def test_rejects_bad_source_prior():
     with pytest.raises(ConfigError):
         PriorEMAdapter(3, source_prior=[0.5, 0.5, 0.0])
+
+
+def test_em_prior_takes_the_published_steps():
+    """em_prior's matrix-vector form against the steps written out: p'(c|x) ∝ p(c|x) pi_t(c) /
+    pi_s(c), pi_t = mean_x p'(c|x), from pi_s, a fixed number of iterations (tol 0 never stops)."""
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.full(10, 0.3), size=512).astype(np.float32)
+    source = rng.dirichlet(np.full(10, 5.0))
+    for iterations in (1, 3, 25):
+        pi_t = source.copy()
+        for _ in range(iterations):
+            adapted = probs.astype(np.float64) * (pi_t / source)
+            pi_t = (adapted / adapted.sum(axis=1, keepdims=True)).mean(axis=0)
+        np.testing.assert_allclose(em_prior(probs, source, tol=0.0, max_iter=iterations), pi_t, rtol=1e-12)
