@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend
-from pseudostream.server.batcher import MicroBatcher, WorkItem
-from pseudostream.server.config import ServiceConfig
+from pseudostream.server.batcher import WorkItem
 from pseudostream.server.labellog.sqlite import SqliteLabelLog
-from pseudostream.server.metrics import ServiceMetrics
-from pseudostream.server.pipeline import TeacherPipeline
-from pseudostream.server.topic import TopicRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -47,27 +43,22 @@ class CountingBackend(OnnxRuntimeBackend):
             CountingBackend.running -= 1
 
 
-async def test_the_gate_lets_a_partial_batch_in_while_a_worker_is_free(tmp_path, teacher_dir, digits):
-    config = ServiceConfig(topics={"digits": {"teacher": "t"}}, teachers={"t": {"model_dir": teacher_dir}})
+async def test_the_gate_lets_a_partial_batch_in_while_a_worker_is_free(tmp_path, teacher_dir, digits,
+                                                                       labeling_pipeline):
     log = SqliteLabelLog(tmp_path / "labels.db")
     peaks = []
     for workers in (1, 2):
         CountingBackend.running = CountingBackend.peak = 0
         backend = CountingBackend(teacher_dir, intra_op_threads=1, workers=workers)
         await backend.start()
-        topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
-        pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
-        batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100,
-                               depth=3, gate=pipeline.teacher_free)
-        batcher.start()
         try:
-            x = np.ascontiguousarray(digits.stream_x[:4])
-            first = batcher.submit(WorkItem("digits", [f"{workers}a{i}" for i in range(4)], x))
-            await asyncio.sleep(0.01)  # the first partial batch is in inference
-            second = batcher.submit(WorkItem("digits", [f"{workers}b{i}" for i in range(4)], x))
-            await asyncio.gather(first, second)
+            async with labeling_pipeline(backend, log, depth=3, gate=True) as (batcher, _):
+                x = np.ascontiguousarray(digits.stream_x[:4])
+                first = batcher.submit(WorkItem("digits", [f"{workers}a{i}" for i in range(4)], x))
+                await asyncio.sleep(0.01)  # the first partial batch is in inference
+                second = batcher.submit(WorkItem("digits", [f"{workers}b{i}" for i in range(4)], x))
+                await asyncio.gather(first, second)
         finally:
-            await batcher.stop()
             await backend.close()
         peaks.append(CountingBackend.peak)
     await log.close()

@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 
 from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend
-from pseudostream.server.batcher import MicroBatcher, WorkItem
-from pseudostream.server.config import ServiceConfig
+from pseudostream.server.batcher import WorkItem
 from pseudostream.server.labellog.sqlite import SqliteLabelLog
-from pseudostream.server.metrics import ServiceMetrics
-from pseudostream.server.pipeline import TeacherPipeline
-from pseudostream.server.topic import TopicRuntime
 
 pytestmark = pytest.mark.integration
+
+ACCEPT_ALL = {"policy": {"name": "fixed", "params": {"tau": 0.0}}}
 
 
 class SlowFirstBackend(OnnxRuntimeBackend):
@@ -48,35 +46,34 @@ class HeldFirstAppendLog(SqliteLabelLog):
         return await super().append_and_remember(*args, **kwargs)
 
 
-@contextlib.asynccontextmanager
-async def slow_first_pipeline(tmp_path, teacher_dir, depth: int, log_type: type = SqliteLabelLog,
-                              slow: bool = True):
-    """(batcher, topic, log): topic digits (accepting everything) on a SlowFirstBackend (its first
-    inference 0.3 s late unless not ``slow``), a ``log_type`` log, batches of 8 cut at once,
-    ``depth`` in flight."""
-    config = ServiceConfig(topics={"digits": {"teacher": "t", "policy": {"name": "fixed",
-                                                                          "params": {"tau": 0.0}}}},
-                           teachers={"t": {"model_dir": teacher_dir}})
-    SlowFirstBackend.calls = 0 if slow else 1
-    backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
-    await backend.start()
-    log = log_type(tmp_path / "labels.db")
-    topic = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
-    pipeline = TeacherPipeline("t", backend, {"digits": topic}, log, ServiceMetrics())
-    batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100, depth=depth)
-    batcher.start()
-    try:
-        yield batcher, topic, log
-    finally:
-        if isinstance(log, HeldFirstAppendLog):
-            log.release.set()  # a failed assertion must not leave the batcher waiting on it
-        await batcher.stop()
-        await backend.close()
-        await log.close()
+@pytest.fixture
+def slow_first_pipeline(tmp_path, teacher_dir, labeling_pipeline):
+    """``async with slow_first_pipeline(depth=..) as (batcher, topic, log)``: the shared
+    ``labeling_pipeline`` (topic accepting everything) on a SlowFirstBackend (its first inference
+    0.3 s late unless not ``slow``) and a ``log_type`` log."""
+
+    @contextlib.asynccontextmanager
+    async def build(depth: int, log_type: type = SqliteLabelLog, slow: bool = True):
+        SlowFirstBackend.calls = 0 if slow else 1
+        backend = SlowFirstBackend(teacher_dir, intra_op_threads=1)
+        await backend.start()
+        log = log_type(tmp_path / "labels.db")
+        try:
+            async with labeling_pipeline(backend, log, depth=depth, topic=ACCEPT_ALL) as (batcher, topic):
+                try:
+                    yield batcher, topic, log
+                finally:
+                    if isinstance(log, HeldFirstAppendLog):
+                        log.release.set()  # a failed assertion must not leave the batcher waiting on it
+        finally:
+            await backend.close()
+            await log.close()
+
+    return build
 
 
-async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, teacher_dir, digits):
-    async with slow_first_pipeline(tmp_path, teacher_dir, depth=2) as (batcher, topic, _):
+async def test_labeling_stays_in_batch_order_when_inference_overlaps(slow_first_pipeline, digits):
+    async with slow_first_pipeline(depth=2) as (batcher, topic, _):
         x = np.ascontiguousarray(digits.stream_x[:16])
         first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x[:8]))
         await asyncio.sleep(0.05)  # the first batch is cut and waiting on its slow inference
@@ -86,10 +83,10 @@ async def test_labeling_stays_in_batch_order_when_inference_overlaps(tmp_path, t
     assert topic.samples == 16
 
 
-async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(tmp_path, teacher_dir, digits):
+async def test_a_retry_in_flight_beside_its_first_copy_gets_the_first_decision(slow_first_pipeline, digits):
     """The retry's batch asks the log before the first copy's batch is labeled (the recall runs
     beside inference); it still gets the first decision and no second record."""
-    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3) as (batcher, topic, log):
+    async with slow_first_pipeline(depth=3) as (batcher, topic, log):
         x = np.ascontiguousarray(digits.stream_x[:8])
         ids = [f"a{i}" for i in range(8)]
         first = batcher.submit(WorkItem("digits", ids, x))
@@ -112,8 +109,8 @@ async def _until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_the_next_batch_labels_while_an_append_is_still_running(tmp_path, teacher_dir, digits):
-    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3, log_type=HeldFirstAppendLog,
+async def test_the_next_batch_labels_while_an_append_is_still_running(slow_first_pipeline, digits):
+    async with slow_first_pipeline(depth=3, log_type=HeldFirstAppendLog,
                                    slow=False) as (batcher, topic, log):
         x = np.ascontiguousarray(digits.stream_x[:8])
         first = batcher.submit(WorkItem("digits", [f"a{i}" for i in range(8)], x))
@@ -127,10 +124,10 @@ async def test_the_next_batch_labels_while_an_append_is_still_running(tmp_path, 
     assert sorted([*a.offsets, *b.offsets]) == list(range(16)) and end == 16
 
 
-async def test_a_retry_of_a_batch_whose_append_is_running_waits_for_its_decision(tmp_path, teacher_dir, digits):
+async def test_a_retry_of_a_batch_whose_append_is_running_waits_for_its_decision(slow_first_pipeline, digits):
     """The retry's batch finds nothing in the log (the first copy's append is held) and waits for
     the first copy's append instead of deciding the samples again."""
-    async with slow_first_pipeline(tmp_path, teacher_dir, depth=3, log_type=HeldFirstAppendLog,
+    async with slow_first_pipeline(depth=3, log_type=HeldFirstAppendLog,
                                    slow=False) as (batcher, topic, log):
         x = np.ascontiguousarray(digits.stream_x[:8])
         ids = [f"a{i}" for i in range(8)]
