@@ -61,11 +61,11 @@ from crash_harness import (  # noqa: E402
     TEACHER_DIR,
     _check,
     _until,
+    all_delivered,
     free_port,
     get_topic,
     load_inputs,
-    producer,
-    trainer,
+    streaming,
 )
 
 async def kill_trial(seed: int, workdir: Path, teacher_dir: Path = TEACHER_DIR, *, producers: int = 3,
@@ -77,12 +77,7 @@ async def kill_trial(seed: int, workdir: Path, teacher_dir: Path = TEACHER_DIR, 
     service = Service(workdir, teacher_dir, free_port())
     obs = Observed()
     started = time.monotonic()
-    service.start()
-    stop_producing, stop_training = asyncio.Event(), asyncio.Event()
-    try:
-        train = asyncio.create_task(trainer(service.target, obs, stop_training))
-        prods = [asyncio.create_task(producer(k, service.target, x, seed, obs, stop_producing))
-                 for k in range(producers)]
+    async with streaming(service, x, seed, producers, obs) as streams:
         delay = rng.uniform(min_delay_s, max_delay_s)
         await asyncio.sleep(delay)
         obs.acked_before_kill = set(obs.acked)
@@ -94,19 +89,12 @@ async def kill_trial(seed: int, workdir: Path, teacher_dir: Path = TEACHER_DIR, 
         reconnected = await _until(lambda: all(c[1] > 0 for c in obs.producer_answers_by_epoch.values()),
                                    timeout=15)
         await asyncio.sleep(after_restart_s)
-        stop_producing.set()
-        await asyncio.gather(*prods)
-        state = await get_topic(service.target)
-        log_end = state.log_end_offset
-        got_all = await _until(lambda: set(range(log_end)) <= {d[0] for d in obs.deliveries}, timeout=20)
+        await streams.stop_producers()
+        _, got_all = await all_delivered(service, obs)
         await asyncio.sleep(0.2)  # and nothing more arrives
-        stop_training.set()
-        train.cancel()
-        await asyncio.gather(train, return_exceptions=True)
+        await streams.stop_trainer()
         state = await get_topic(service.target)
         code, _ = await asyncio.to_thread(service.terminate)
-    finally:
-        service.ensure_dead()
     result = _check(obs, state.log_end_offset)
     max_offset = max(obs.accepted.values(), default=-1)
     result.update(
@@ -133,36 +121,25 @@ async def sigterm_trial(seed: int, workdir: Path, teacher_dir: Path = TEACHER_DI
     x = load_inputs() if x is None else x
     service = Service(workdir, teacher_dir, free_port(), grace_s=grace_s)
     obs = Observed()
-    service.start()
-    stop_producing, stop_training = asyncio.Event(), asyncio.Event()
-    try:
-        train = asyncio.create_task(trainer(service.target, obs, stop_training))
-        prods = [asyncio.create_task(producer(k, service.target, x, seed, obs, stop_producing))
-                 for k in range(producers)]
+    async with streaming(service, x, seed, producers, obs) as streams:
         await asyncio.sleep(rng.uniform(0.5, 1.0))
         # Producers stop with the first error (the stream ended by the stopping service).
         errors_before = len(obs.producer_errors)
         term = asyncio.create_task(asyncio.to_thread(service.terminate, grace_s + 20))
         while not term.done():
             if len(obs.producer_errors) > errors_before:
-                stop_producing.set()
+                streams.stop_producing.set()
             await asyncio.sleep(0.01)
         code, exit_s = await term
-        stop_producing.set()
-        await asyncio.gather(*prods)
+        await streams.stop_producers()
         decided_before = obs.decided
         accepted_before = dict(obs.accepted)
         obs.epoch = 1
         await asyncio.to_thread(service.start)
-        state = await get_topic(service.target)
+        state, got_all = await all_delivered(service, obs)
         log_end = state.log_end_offset
-        got_all = await _until(lambda: set(range(log_end)) <= {d[0] for d in obs.deliveries}, timeout=20)
-        stop_training.set()
-        train.cancel()
-        await asyncio.gather(train, return_exceptions=True)
+        await streams.stop_trainer()
         code2, _ = await asyncio.to_thread(service.terminate)
-    finally:
-        service.ensure_dead()
     result = _check(obs, log_end)
     result.update(
         seed=seed, exit_code=code, exit_s=round(exit_s, 2), grace_s=grace_s,

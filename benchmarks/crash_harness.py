@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import signal
 import socket
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import grpc
 import numpy as np
@@ -186,6 +187,48 @@ async def trainer(target: str, obs: Observed, stop: asyncio.Event) -> None:
             await client.close()
         if not stop.is_set():
             await asyncio.sleep(0.05)
+
+
+@dataclass
+class Streaming:
+    """A trainer and producers streaming against a service (``streaming``)."""
+
+    train: asyncio.Task
+    producers: list[asyncio.Task]
+    stop_producing: asyncio.Event
+    stop_training: asyncio.Event
+
+    async def stop_producers(self) -> None:
+        self.stop_producing.set()
+        await asyncio.gather(*self.producers)
+
+    async def stop_trainer(self) -> None:
+        self.stop_training.set()
+        self.train.cancel()
+        await asyncio.gather(self.train, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def streaming(service: Service, x: np.ndarray, seed: int, producers: int,
+                    obs: Observed) -> AsyncIterator[Streaming]:
+    """Starts ``service``, then one trainer and ``producers`` producers against it (they stop on
+    ``Streaming``'s calls); on the way out the service process is made sure to be dead."""
+    service.start()
+    try:
+        stop_producing, stop_training = asyncio.Event(), asyncio.Event()
+        train = asyncio.create_task(trainer(service.target, obs, stop_training))
+        prods = [asyncio.create_task(producer(k, service.target, x, seed, obs, stop_producing))
+                 for k in range(producers)]
+        yield Streaming(train, prods, stop_producing, stop_training)
+    finally:
+        service.ensure_dead()
+
+
+async def all_delivered(service: Service, obs: Observed) -> tuple[Any, bool]:
+    """(GetTopic state, whether the trainer received every offset below its log end within 20 s)."""
+    state = await get_topic(service.target)
+    end = state.log_end_offset
+    return state, await _until(lambda: set(range(end)) <= {d[0] for d in obs.deliveries}, timeout=20)
 
 
 async def get_topic(target: str, timeout: float = 15.0) -> Any:
