@@ -1,4 +1,5 @@
-"""Label records as row tuples: the one encoding both label logs store and read back.
+"""Label records as row tuples: what the Redis log stores per record, and what the SQLite
+log's per-record table held in earlier releases (``_sqlite_schema.migrate`` reads those).
 
 A row holds, in order: sample_id, label, confidence, weight, threshold, teacher_version, policy,
 created_at, sample bytes (little-endian, C order), shape (JSON), dtype, metadata (JSON) and class
@@ -14,17 +15,11 @@ import numpy as np
 from pseudostream.server.errors import InvalidInput
 from pseudostream.server.labellog.base import LabelBatch, LabelRecord
 
-__all__ = ["batch_rows", "batch_columns", "to_record", "class_lists", "little_samples"]
+__all__ = ["batch_rows", "to_record", "class_lists", "little_samples"]
 
 
 def batch_rows(batch: LabelBatch, created_at: float) -> list[tuple]:
-    """The batch as row tuples in ``RECORD_COLUMNS`` order (_sqlite_schema), without the offset."""
-    return list(zip(*batch_columns(batch, created_at)))
-
-
-def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
-    """The same values column by column (one list per field, n values each): what a multi-row
-    insert binds without building a tuple per row."""
+    """The batch as row tuples in the order of the module docstring, without the offset."""
     n = len(batch)
     little = little_samples(batch)
     samples: list[bytes | None] = [None] * n
@@ -33,7 +28,7 @@ def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
         samples = [row.tobytes() for row in little]
         shape, dtype = json.dumps(list(little.shape[1:])), little.dtype.name
     metadata = [json.dumps(dict(m)) for m in batch.metadata] if batch.metadata else ["{}"] * n
-    return [
+    return list(zip(
         [str(i) for i in batch.ids],
         np.asarray(batch.label, dtype=np.int64).tolist(),
         np.asarray(batch.confidence, dtype=np.float64).tolist(),
@@ -41,7 +36,7 @@ def batch_columns(batch: LabelBatch, created_at: float) -> list[list]:
         np.asarray(batch.threshold, dtype=np.float64).tolist(),
         [batch.teacher_version] * n, [batch.policy] * n, [created_at] * n,
         samples, [shape] * n, [dtype] * n, metadata, class_lists(batch, n),
-    ]
+    ))
 
 
 def little_samples(batch: LabelBatch) -> np.ndarray | None:

@@ -86,12 +86,9 @@ def runs(rows: Iterable[tuple], most: int) -> Iterable[tuple[int, list[tuple]]]:
 def unpack(first: int, segment: Sequence, wanted: Iterable[tuple[int, int]],
            samples_from: int = 0) -> dict[int, LabelRecord]:
     """The records of ``segment`` (a row in ``SEGMENT_COLUMNS`` order) for the (offset,
-    deliveries) pairs of ``wanted`` that fall inside it. Its samples may be a slice of the blob
-    that starts at row ``samples_from`` and covers the rows asked for."""
+    deliveries) pairs of ``wanted``, offsets inside the segment. Its samples may be a slice of the
+    blob that starts at row ``samples_from`` and covers the rows asked for."""
     n, created, version, policy, ids, numbers, samples, shape, dtype, metadata, classes = segment
-    inside = [(off, d) for off, d in wanted if first <= off < first + n]
-    if not inside:
-        return {}
     id_list = json.loads(ids)
     numbers = bytes(numbers)
     labels = np.frombuffer(numbers, "<i8", n).tolist()
@@ -101,7 +98,7 @@ def unpack(first: int, segment: Sequence, wanted: Iterable[tuple[int, int]],
     dims = None if shape is None else tuple(json.loads(shape))
     width = 0 if samples is None else int(np.prod(dims)) * np.dtype(dtype).itemsize  # bytes per row
     found = {}
-    for off, deliveries in inside:
+    for off, deliveries in wanted:
         i = off - first
         c = cls[i] if cls and cls[i] else {}
         found[off] = LabelRecord(

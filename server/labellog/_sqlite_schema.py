@@ -1,14 +1,17 @@
-"""The SQLite label log's tables (``sqlite.SqliteLabelLog``), its multi-row inserts, and the
-move of earlier releases' per-record rows into segments."""
+"""The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, its multi-row inserts,
+reading records out of segments, and the move of earlier releases' per-record rows into
+segments. Functions here run on the log's worker thread, on its connection."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import sqlite3
 
-from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs
+from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs, unpack
+from pseudostream.server.labellog.base import LabelRecord
 
-__all__ = ["SCHEMA", "INSERT_SEGMENT", "INSERT_RECENT", "FIND_SEGMENT", "SEGMENT_ROWS", "insert_rows", "migrate"]
+__all__ = ["SCHEMA", "INSERT_SEGMENT", "INSERT_RECENT", "insert_rows", "fetch_records", "migrate"]
 
 # segments (one row per appended batch, ``_segments``) keeps its rowid: rows carry the batch's
 # sample blobs, which WITHOUT ROWID tables handle badly. The small bookkeeping tables are
@@ -37,11 +40,11 @@ CREATE INDEX IF NOT EXISTS recent_by_expiry ON recent(topic, expires);
 INSERT_SEGMENT = (f"INSERT INTO segments(topic, first, {', '.join(SEGMENT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * (2 + len(SEGMENT_COLUMNS)))})")
 # The segment holding the record at an offset: its first offset and size.
-FIND_SEGMENT = "SELECT first, n FROM segments WHERE topic = ? AND first <= ? ORDER BY first DESC LIMIT 1"
+_FIND_SEGMENT = "SELECT first, n FROM segments WHERE topic = ? AND first <= ? ORDER BY first DESC LIMIT 1"
 # A segment's columns with only rows lo..hi of its samples (``substr`` counts bytes of a blob
 # from 1), so a read of a few records does not load a whole batch of samples.
 _SAMPLE_ROWS = "substr(samples, 1 + :lo * (length(samples) / n), (:hi - :lo + 1) * (length(samples) / n))"
-SEGMENT_ROWS = (f"SELECT {', '.join(SEGMENT_COLUMNS).replace('samples', _SAMPLE_ROWS)} "
+_SEGMENT_ROWS = (f"SELECT {', '.join(SEGMENT_COLUMNS).replace('samples', _SAMPLE_ROWS)} "
                 "FROM segments WHERE topic = :topic AND first = :first")
 INSERT_RECENT = "INSERT OR REPLACE INTO recent(topic, sample_id, blob, expires) VALUES"
 
@@ -68,6 +71,29 @@ def insert_rows(conn: sqlite3.Connection, head: str, columns: list[list]) -> Non
 @functools.lru_cache(maxsize=None)
 def _values(head: str, width: int, n: int) -> str:
     return head + ",".join(["(" + ",".join("?" * width) + ")"] * n)
+
+
+def fetch_records(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
+    """The records for (offset, deliveries) pairs, in the order given; offsets that retention
+    dropped or that were never appended are skipped. One lookup per segment touched; only the
+    samples of the rows asked for are read."""
+    low = conn.execute("SELECT COALESCE((SELECT low FROM topics WHERE topic = ?), 0)", (topic,)).fetchone()[0]
+    deliveries = dict(order)
+    wanted = sorted(off for off in deliveries if off >= low)
+    found: dict[int, LabelRecord] = {}
+    i = 0
+    while i < len(wanted):
+        hit = conn.execute(_FIND_SEGMENT, (topic, wanted[i])).fetchone()
+        if hit is None or wanted[i] >= hit[0] + hit[1]:
+            i += 1
+            continue
+        first, n = hit
+        j = bisect.bisect_left(wanted, first + n, i)
+        lo, hi = wanted[i] - first, wanted[j - 1] - first
+        segment = conn.execute(_SEGMENT_ROWS, {"topic": topic, "first": first, "lo": lo, "hi": hi}).fetchone()
+        found.update(unpack(first, segment, [(off, deliveries[off]) for off in wanted[i:j]], lo))
+        i = j
+    return [found[off] for off, _ in order if off in found]
 
 
 # The per-record table of earlier releases, which ``migrate`` moves into segments.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import math
 import sqlite3
@@ -16,9 +15,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._segments import pack, unpack
-from pseudostream.server.labellog._sqlite_schema import (FIND_SEGMENT, INSERT_RECENT, INSERT_SEGMENT, SCHEMA,
-                                                          SEGMENT_ROWS, insert_rows, migrate)
+from pseudostream.server.labellog._segments import pack
+from pseudostream.server.labellog._sqlite_schema import (INSERT_RECENT, INSERT_SEGMENT, SCHEMA, fetch_records,
+                                                          insert_rows, migrate)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
@@ -26,7 +25,7 @@ __all__ = ["SqliteLabelLog"]
 logger = logging.getLogger(__name__)
 
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-_IN_CHUNK = 500  # offsets per "IN (...)" query, well under SQLite's bound-parameter limit
+_IN_CHUNK = 500  # sample ids per "IN (...)" query, well under SQLite's bound-parameter limit
 
 
 class SqliteLabelLog(LabelLog):
@@ -150,7 +149,7 @@ class SqliteLabelLog(LabelLog):
     async def get(self, topic: str, offsets: Sequence[int]) -> list[LabelRecord]:
         """The records at ``offsets`` in the order given; missing ones are skipped."""
         order = [(int(o), 0) for o in offsets]
-        return await self._call("get", self._fetch, topic, order)
+        return await self._call("get", fetch_records, self._conn, topic, order)
 
     async def remember(self, topic: str, entries: Mapping[str, bytes], ttl_s: float) -> None:
         """Keep ``entries`` (sample id -> blob) for ``ttl_s`` seconds; expired ones are purged."""
@@ -341,7 +340,7 @@ class SqliteLabelLog(LabelLog):
                 (fresh.stop if fresh else cursor, topic, group),
             )
             order = claimed + [(off, 1) for off in fresh]
-            records = self._fetch(topic, order)
+            records = fetch_records(conn, topic, order)
             next_due = None
             if not records:
                 next_due = self._scalar(
@@ -372,29 +371,6 @@ class SqliteLabelLog(LabelLog):
             sql = f"SELECT sample_id, blob FROM recent WHERE topic = ? AND sample_id IN ({marks}) AND +expires > ?"
             found.update((sid, bytes(blob)) for sid, blob in self._conn.execute(sql, (topic, *chunk, now)))
         return found
-
-    def _fetch(self, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
-        """Load records for (offset, deliveries) pairs, returned in the order given; offsets
-        that retention dropped or that were never appended are skipped. One lookup per segment
-        touched; only the samples of the rows asked for are read."""
-        low = self._scalar("SELECT COALESCE((SELECT low FROM topics WHERE topic = ?), 0)", (topic,))
-        deliveries = dict(order)
-        wanted = sorted(off for off in deliveries if off >= low)
-        found: dict[int, LabelRecord] = {}
-        i = 0
-        while i < len(wanted):
-            hit = self._conn.execute(FIND_SEGMENT, (topic, wanted[i])).fetchone()
-            if hit is None or wanted[i] >= hit[0] + hit[1]:
-                i += 1
-                continue
-            first, n = hit
-            j = bisect.bisect_left(wanted, first + n, i)
-            lo, hi = wanted[i] - first, wanted[j - 1] - first
-            segment = self._conn.execute(SEGMENT_ROWS, {"topic": topic, "first": first, "lo": lo, "hi": hi}).fetchone()
-            found.update(unpack(first, segment, [(off, deliveries[off]) for off in wanted[i:j]], lo))
-            i = j
-        return [found[off] for off, _ in order if off in found]
-
 
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
