@@ -1,17 +1,18 @@
-"""The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, its multi-row inserts,
-reading records out of segments, and the move of earlier releases' per-record rows into
-segments. Functions here run on the log's worker thread, on its connection."""
+"""The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, reading records out
+of segments, and the move of earlier releases' per-record rows into segments (and of their per-id
+idempotency entries into ``_recent``'s rows). Functions here run on the log's worker thread, on
+its connection."""
 
 from __future__ import annotations
 
 import bisect
-import functools
 import sqlite3
 
+from pseudostream.server.labellog._recent import DECIDED_SCHEMA, move_recent
 from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs, unpack
 from pseudostream.server.labellog.base import LabelRecord
 
-__all__ = ["SCHEMA", "INSERT_SEGMENT", "INSERT_RECENT", "insert_rows", "fetch_records", "migrate"]
+__all__ = ["SCHEMA", "INSERT_SEGMENT", "fetch_records", "migrate"]
 
 # segments (one row per appended batch, ``_segments``) keeps its rowid: rows carry the batch's
 # sample blobs, which WITHOUT ROWID tables handle badly. The small bookkeeping tables are
@@ -32,10 +33,7 @@ CREATE INDEX IF NOT EXISTS pending_by_consumer ON pending(topic, grp, consumer);
 CREATE INDEX IF NOT EXISTS pending_by_deadline ON pending(topic, grp, deadline);
 CREATE TABLE IF NOT EXISTS state(topic TEXT NOT NULL, key TEXT NOT NULL, blob BLOB NOT NULL,
     PRIMARY KEY(topic, key));
-CREATE TABLE IF NOT EXISTS recent(topic TEXT NOT NULL, sample_id TEXT NOT NULL, blob BLOB NOT NULL,
-    expires REAL NOT NULL, PRIMARY KEY(topic, sample_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS recent_by_expiry ON recent(topic, expires);
-"""
+""" + DECIDED_SCHEMA
 
 INSERT_SEGMENT = (f"INSERT INTO segments(topic, first, {', '.join(SEGMENT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * (2 + len(SEGMENT_COLUMNS)))})")
@@ -46,31 +44,9 @@ _FIND_SEGMENT = "SELECT first, n FROM segments WHERE topic = ? AND first <= ? OR
 _SAMPLE_ROWS = "substr(samples, 1 + :lo * (length(samples) / n), (:hi - :lo + 1) * (length(samples) / n))"
 _SEGMENT_ROWS = (f"SELECT {', '.join(SEGMENT_COLUMNS).replace('samples', _SAMPLE_ROWS)} "
                 "FROM segments WHERE topic = :topic AND first = :first")
-INSERT_RECENT = "INSERT OR REPLACE INTO recent(topic, sample_id, blob, expires) VALUES"
 
-# Rows per statement: powers of two up to this, so a handful of statements (each prepared once,
-# in the connection's statement cache) cover any batch size.
+# Records per segment when ``migrate`` moves an earlier release's per-record rows.
 _MOST_ROWS = 256
-
-
-def insert_rows(conn: sqlite3.Connection, head: str, columns: list[list]) -> None:
-    """``head`` (``INSERT ... VALUES``) with the rows that ``columns`` (one list per field) hold,
-    as few multi-row statements as powers of two allow (115 rows: 64+32+16+2+1). Not
-    ``executemany``: it steps once per row, and every step gives up the GIL and waits to take it
-    back from the event loop's thread. Parameters are laid out column by column, by slices."""
-    width, total, k = len(columns), len(columns[0]) if columns else 0, 0
-    while k < total:
-        n = min(_MOST_ROWS, 1 << ((total - k).bit_length() - 1))
-        params: list = [None] * (n * width)
-        for j, column in enumerate(columns):
-            params[j::width] = column[k:k + n]
-        conn.execute(_values(head, width, n), params)
-        k += n
-
-
-@functools.lru_cache(maxsize=None)
-def _values(head: str, width: int, n: int) -> str:
-    return head + ",".join(["(" + ",".join("?" * width) + ")"] * n)
 
 
 def fetch_records(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]]) -> list[LabelRecord]:
@@ -101,10 +77,12 @@ _RECORDS = ("sample_id, label, confidence, weight, threshold, teacher_version, p
             "dtype, metadata, classes")
 
 
-def migrate(conn: sqlite3.Connection, most: int = _MOST_ROWS) -> int:
+def migrate(conn: sqlite3.Connection, now: float, most: int = _MOST_ROWS) -> tuple[int, int]:
     """Brings a file written by an earlier release up to this schema, in one transaction: adds
-    ``topics.low`` and moves the rows of the per-record ``records`` table into segments of up to
-    ``most`` records. Returns how many records moved (0 for a current file)."""
+    ``topics.low``, moves the rows of the per-record ``records`` table into segments of up to
+    ``most`` records, and the idempotency entries still unexpired at ``now`` from the per-id
+    ``recent`` table into ``decided`` rows (``_recent``). Returns how many records and entries
+    moved ((0, 0) for a current file)."""
     moved = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -120,9 +98,10 @@ def migrate(conn: sqlite3.Connection, most: int = _MOST_ROWS) -> int:
                     conn.execute(INSERT_SEGMENT, (topic, first, *pack_rows(run)))
                     moved += len(run)
             conn.execute("DROP TABLE records")
+        entries = move_recent(conn, now)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return moved
+    return moved, entries

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
+from pseudostream.server.labellog._recent import RecentIndex, load_decided, read_decided, write_decided
 from pseudostream.server.labellog._segments import pack
-from pseudostream.server.labellog._sqlite_schema import (INSERT_RECENT, INSERT_SEGMENT, SCHEMA, fetch_records,
-                                                          insert_rows, migrate)
+from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, SCHEMA, fetch_records, migrate
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
@@ -25,7 +25,6 @@ __all__ = ["SqliteLabelLog"]
 logger = logging.getLogger(__name__)
 
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-_IN_CHUNK = 500  # sample ids per "IN (...)" query, well under SQLite's bound-parameter limit
 
 
 class SqliteLabelLog(LabelLog):
@@ -48,6 +47,10 @@ class SqliteLabelLog(LabelLog):
 
     Retention (``max_len`` records per topic, ``max_age_s`` seconds) is applied at each append:
     older records go, with their pending deliveries, and offsets keep counting.
+
+    Idempotency entries (``remember``) are one row per remembered batch, and an in-memory index
+    says which row holds each id (``_recent``; rebuilt from the file on open): a ``recall`` of
+    ids nobody remembered, the common case, never touches the file or waits for its thread.
 
     Waiting reads wake on an append or release in this process, at the next pending deadline,
     and otherwise poll every ``poll_interval_s`` (which also notices other writers). All SQLite
@@ -79,7 +82,9 @@ class SqliteLabelLog(LabelLog):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-labellog")
         try:
             fut = self._executor.submit(self._guarded, "open", self._open, (synchronous.upper(),))
-            self._conn: sqlite3.Connection = fut.result()
+            self._conn: sqlite3.Connection
+            self._recent: RecentIndex  # which idempotency row holds each remembered id (``_recent``)
+            self._conn, self._recent = fut.result()
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
@@ -156,8 +161,12 @@ class SqliteLabelLog(LabelLog):
         await self.append_and_remember(topic, None, lambda _: entries, ttl_s)
 
     async def recall(self, topic: str, ids: Sequence[str]) -> dict[str, bytes]:
-        """The unexpired blobs remembered for ``ids``."""
-        return await self._call("recall", self._recall, topic, list(ids), time.time())
+        """The unexpired blobs remembered for ``ids``: the in-memory index says which rows hold
+        them, and only those rows are read (no trip to the file when none does)."""
+        if self._closed:
+            raise RuntimeError("label log is closed")
+        rows = self._recent.find(topic, ids, time.time())
+        return await self._call("recall", read_decided, self._conn, rows) if rows else {}
 
     async def append_and_remember(
         self, topic: str, batch: LabelBatch | None,
@@ -167,9 +176,12 @@ class SqliteLabelLog(LabelLog):
         n = 0 if batch is None else len(batch)
         if not n and entries is None:
             return np.empty(0, dtype=np.int64)
-        op = "append" if n else "remember"
-        first = await self._call(op, self._append_remember_tx, topic, batch if n else None, entries,
-                                 time.time(), ttl_s)
+        op, now = "append" if n else "remember", time.time()
+        self._recent.purge(now)  # before the rows expired by now leave the file
+        first, remembered = await self._call(op, self._append_remember_tx, topic, batch if n else None, entries,
+                                             now, ttl_s)
+        if remembered is not None:
+            self._recent.add(topic, *remembered, now + ttl_s)
         if n:
             self._wake(topic)
         return np.arange(first, first + n, dtype=np.int64)
@@ -228,7 +240,7 @@ class SqliteLabelLog(LabelLog):
         except sqlite3.Error as exc:
             raise PseudostreamError(f"label log {op} failed on {self.path!r}: {exc}") from exc
 
-    def _open(self, synchronous: str) -> sqlite3.Connection:
+    def _open(self, synchronous: str) -> tuple[sqlite3.Connection, RecentIndex]:
         conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -237,16 +249,19 @@ class SqliteLabelLog(LabelLog):
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
-            moved = migrate(conn)
-            if moved:
-                logger.info("label log %s: moved %d records of an earlier release into segments", self.path, moved)
+            now = time.time()
+            moved, entries = migrate(conn, now)
+            if moved or entries:
+                logger.info("label log %s: moved %d records and %d idempotency entries of an earlier release",
+                            self.path, moved, entries)
             released = conn.execute("UPDATE pending SET deadline = 0").rowcount  # restart rule
             if released:
                 logger.info("label log %s: released %d pending deliveries", self.path, released)
+            recent = load_decided(conn, now)
         except BaseException:
             conn.close()
             raise
-        return conn
+        return conn, recent
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -350,27 +365,17 @@ class SqliteLabelLog(LabelLog):
 
     def _append_remember_tx(self, topic: str, batch: LabelBatch | None,
                             entries: Callable[[np.ndarray], Mapping[str, bytes]] | None,
-                            now: float, ttl_s: float) -> int:
+                            now: float, ttl_s: float) -> tuple[int, tuple[int, list[str]] | None]:
+        """The records' first offset, and the (row, ids) the idempotency entries went to."""
         segment = pack(batch, now) if batch is not None else None  # built here, off the event loop
         n = 0 if segment is None else segment[0]
+        remembered = None
         with self._transaction():
             first = self._append_segment(topic, segment) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
                 kept = entries(np.arange(first, first + n, dtype=np.int64))
-                self._conn.execute("DELETE FROM recent WHERE topic = ? AND expires <= ?", (topic, now))
-                m = len(kept)
-                insert_rows(self._conn, INSERT_RECENT,
-                            [[topic] * m, list(kept), [bytes(b) for b in kept.values()], [now + ttl_s] * m])
-        return first
-
-    def _recall(self, topic: str, ids: list[str], now: float) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))  # "+expires": the primary key, not a scan of the expiry index
-            sql = f"SELECT sample_id, blob FROM recent WHERE topic = ? AND sample_id IN ({marks}) AND +expires > ?"
-            found.update((sid, bytes(blob)) for sid, blob in self._conn.execute(sql, (topic, *chunk, now)))
-        return found
+                remembered = write_decided(self._conn, topic, kept, now + ttl_s, now)
+        return first, remembered
 
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():

@@ -1,0 +1,139 @@
+"""The SQLite label log's idempotency window (``remember`` / ``recall``): one ``decided`` row per
+remembered batch in the file, and an in-memory index of which row holds each sample id.
+
+Earlier releases kept one ``recent`` row per sample id, clustered on the id, with a second index
+on its expiry: every labeled batch inserted 128 random keys into two B-trees, most of the
+append's time, and every batch's recall probed the primary key 128 times on the log's only
+thread, where it queued behind the appends. Now a batch's entries are one row (the ids as a
+JSON list, the blobs end to end with their end positions) appended at the end of a rowid table;
+the expiry index holds one entry per batch. Which row holds an id is kept in a dict per topic,
+rebuilt from the unexpired rows when the file is opened, so a recall of ids nobody remembers
+(the common case: fresh samples) is answered without touching the file, and only hits read
+their row's blobs.
+
+Memory: the index holds the id strings and a dict entry per remembered id (``index_bytes``
+measures it; about 150 bytes per id of 36 characters), the same order as the scale-out path's
+one Redis key per id. The file is still what survives a restart.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import sqlite3
+import sys
+from typing import Collection, Iterable, Mapping
+
+import numpy as np
+
+__all__ = ["DECIDED_SCHEMA", "RecentIndex", "write_decided", "read_decided", "load_decided", "move_recent"]
+
+# AUTOINCREMENT: a row number is never given twice, so the index never confuses a new row with
+# an expired one it still names.
+DECIDED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decided(row INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+    expires REAL NOT NULL, ids TEXT NOT NULL, blobs BLOB NOT NULL, ends BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS decided_by_expiry ON decided(expires);
+"""
+_INSERT = "INSERT INTO decided(topic, expires, ids, blobs, ends) VALUES (?, ?, ?, ?, ?)"
+
+
+class RecentIndex:
+    """Per topic, the ``decided`` row that holds each unexpired sample id (the newest, when an id
+    was remembered twice). Used from one thread (the log's event loop); rows are added once
+    their transaction has committed, so every row it names is in the file."""
+
+    def __init__(self) -> None:
+        self._where: dict[str, dict[str, int]] = {}
+        self._expiry: list[tuple[float, int, str, list[str]]] = []  # a heap: (expires, row, topic, ids)
+
+    def add(self, topic: str, row: int, ids: list[str], expires: float) -> None:
+        """``ids`` are in ``row`` until ``expires`` (unix seconds)."""
+        self._where.setdefault(topic, {}).update(zip(ids, itertools.repeat(row)))
+        heapq.heappush(self._expiry, (expires, row, topic, ids))
+
+    def purge(self, now: float) -> None:
+        """Forget the rows that expired by ``now``."""
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, row, topic, ids = heapq.heappop(heap)
+            where = self._where[topic]
+            for sid in ids:
+                if where.get(sid) == row:  # not remembered again in a later row
+                    del where[sid]
+            if not where:
+                del self._where[topic]
+
+    def find(self, topic: str, ids: Iterable[str], now: float) -> dict[int, set[str]]:
+        """The rows holding any of ``ids``, with the ids each one holds; {} when none does."""
+        self.purge(now)
+        where = self._where.get(topic)
+        if not where:
+            return {}
+        rows: dict[int, set[str]] = {}
+        for sid in where.keys() & set(ids):
+            rows.setdefault(where[sid], set()).add(sid)
+        return rows
+
+    def __len__(self) -> int:
+        return sum(map(len, self._where.values()))
+
+    def index_bytes(self) -> int:
+        """Bytes the index holds: its dicts, the id strings, and the expiry heap's lists."""
+        ids = {id(s): s for where in self._where.values() for s in where}  # each string once
+        return (sum(map(sys.getsizeof, self._where.values())) + sum(map(sys.getsizeof, ids.values()))
+                + sys.getsizeof(self._expiry) + sum(sys.getsizeof(e[3]) for e in self._expiry))
+
+
+def write_decided(conn: sqlite3.Connection, topic: str, entries: Mapping[str, bytes], expires: float,
+                  now: float) -> tuple[int, list[str]]:
+    """Inside a transaction: drop the rows expired by ``now``, add ``entries`` as one row;
+    returns (its row number, its ids)."""
+    conn.execute("DELETE FROM decided WHERE expires <= ?", (now,))
+    ids = list(entries)
+    blobs = [bytes(b) for b in entries.values()]
+    ends = np.cumsum([len(b) for b in blobs], dtype="<i8").tobytes()
+    row = conn.execute(_INSERT, (topic, expires, json.dumps(ids), b"".join(blobs), ends)).lastrowid
+    assert row is not None
+    return row, ids
+
+
+def read_decided(conn: sqlite3.Connection, rows: Mapping[int, Collection[str]]) -> dict[str, bytes]:
+    """The blobs of the wanted ids of each row; rows gone meanwhile (expired) give nothing."""
+    found: dict[str, bytes] = {}
+    for row, wanted in rows.items():
+        hit = conn.execute("SELECT ids, blobs, ends FROM decided WHERE row = ?", (row,)).fetchone()
+        if hit is None:
+            continue
+        blobs, ends = hit[1], np.frombuffer(hit[2], "<i8").tolist()
+        for k, sid in enumerate(json.loads(hit[0])):
+            if sid in wanted:
+                found[sid] = bytes(blobs[ends[k - 1] if k else 0:ends[k]])
+    return found
+
+
+def load_decided(conn: sqlite3.Connection, now: float) -> RecentIndex:
+    """The index of the rows unexpired at ``now`` (opening the file)."""
+    index = RecentIndex()
+    sql = "SELECT row, topic, expires, ids FROM decided WHERE expires > ? ORDER BY row"
+    for row, topic, expires, ids in conn.execute(sql, (now,)):
+        index.add(topic, row, json.loads(ids), expires)
+    return index
+
+
+def move_recent(conn: sqlite3.Connection, now: float) -> int:
+    """Inside a transaction: move the unexpired entries of an earlier release's per-id
+    ``recent`` table into ``decided`` rows (one per topic and expiry time, which is one per
+    remembered batch) and drop it. Returns how many entries moved (0 for a current file)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent'").fetchone():
+        return 0
+    rows = conn.execute("SELECT topic, expires, sample_id, blob FROM recent WHERE expires > ? "
+                        "ORDER BY topic, expires", (now,))
+    moved = 0
+    for (topic, expires), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+        entries = {sid: bytes(blob) for _, _, sid, blob in group}
+        write_decided(conn, topic, entries, expires, now)
+        moved += len(entries)
+    conn.execute("DROP TABLE recent")  # and its expiry index
+    return moved
