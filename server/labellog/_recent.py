@@ -12,8 +12,9 @@ rebuilt from the unexpired rows when the file is opened, so a recall of ids nobo
 their row's blobs.
 
 Memory: the index holds the id strings and a dict entry per remembered id (``index_bytes``
-measures it; about 150 bytes per id of 36 characters), the same order as the scale-out path's
-one Redis key per id. The file is still what survives a restart.
+measures it): about 125 bytes per 36-character id, 31 of them beyond the string (tracemalloc,
+256k uuid4 ids), the same order as the scale-out path's one Redis key per id. The file is what
+survives a restart.
 """
 
 from __future__ import annotations
