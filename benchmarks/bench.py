@@ -78,8 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the same, heavy teacher (few large batches: one run over every core)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
     p.add_argument("--no-triton", action="store_true")
-    p.add_argument("--triton-queue-delay-us", type=int, default=2000,
-                   help="Triton's dynamic batcher delay (the repository default)")
+    p.add_argument("--triton-queue-delay-us", type=int, default=0,
+                   help="Triton's dynamic batcher delay: 0 (raw Triton's best here: requests that "
+                        "queue while the instance is busy are still batched), the repository's 2000")
     p.add_argument("--out", type=Path, default=Path("bench-report.json"))
     p.add_argument("--plot", type=Path, default=Path("benchmarks/bench-plot.png"))
     args = p.parse_args(argv)

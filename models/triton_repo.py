@@ -7,8 +7,8 @@
 * ``onnxruntime_onnx``: ``model.onnx`` for Triton's ONNX Runtime backend;
 * ``tensorrt_plan``: ``model.plan``, an engine built by ``models.tensorrt.build_engine``.
 
-The config gives Triton's dynamic batcher a bounded queue that rejects when full, serves only the
-latest version (loading version N+1 unloads N once its in-flight requests finish), and carries the
+The config gives Triton's dynamic batcher its delay and no queue policy unless one is asked for
+(``_QUEUE_POLICY_STALL`` says why), serves only the latest version (loading version N+1 unloads N once its in-flight requests finish), and carries the
 teacher card's temperature, classes, task, name and version as ``parameters``, which
 ``read_teacher_parameters`` reads back (from the pbtxt, or from the JSON config tritonclient
 returns). Tensor names, dtypes and dims come from the ONNX graph itself. The pbtxt is rendered
@@ -96,7 +96,7 @@ def write_model_repository(
     platform: str = "python",
     max_batch_size: int = 128,
     max_queue_delay_us: int = 2000,
-    max_queue_size: int = 1024,
+    max_queue_size: int = 0,
     default_timeout_us: int = 0,
     instance_count: int = 1,
     kind: str = "KIND_CPU",
@@ -109,7 +109,9 @@ def write_model_repository(
     model keeps its config.pbtxt, except that the teacher ``parameters`` are updated to the new
     version's card (Triton serves only the latest version); a config that differs otherwise
     (platform, tensors, batching) is an error rather than silently replaced. ``max_queue_size=0``
-    means an unbounded queue, ``default_timeout_us=0`` no queue timeout. ``tensorrt_plan`` needs
+    means an unbounded queue, ``default_timeout_us=0`` no queue timeout; with both 0 (the
+    default) no queue policy is written, since any policy stalls requests in Triton up to 2.51
+    (``_QUEUE_POLICY_STALL``); the service bounds its own queue before Triton's. ``tensorrt_plan`` needs
     ``engine`` (a serialized engine whose profile covers ``max_batch_size``) and ``KIND_GPU``.
     """
     repo, teacher_dir = Path(repo), Path(teacher_dir)
@@ -162,11 +164,11 @@ def add_version(repo: str | Path, teacher_dir: str | Path, name: str,
     version number. Only the teacher parameters of the config change."""
     text = (Path(repo) / name / CONFIG_FILENAME).read_text()
 
-    def number(key: str) -> int:
+    def number(key: str, absent: int | None = None) -> int:
         match = re.search(rf"\b{key}: (\d+)", text)
-        if match is None:
+        if match is None and absent is None:
             raise ValueError(f"{name}/{CONFIG_FILENAME} has no {key}; was it written by pseudostream?")
-        return int(match.group(1))
+        return absent if match is None else int(match.group(1))
 
     backend = re.search(r'^(?:backend|platform): "([^"]+)"', text, re.M)
     kind = re.search(r"kind: (KIND_\w+)", text)
@@ -176,8 +178,8 @@ def add_version(repo: str | Path, teacher_dir: str | Path, name: str,
         repo, teacher_dir, name=name, version=version, platform=platform, engine=engine,
         max_batch_size=number("max_batch_size"),
         max_queue_delay_us=number("max_queue_delay_microseconds"),
-        max_queue_size=number("max_queue_size"),
-        default_timeout_us=number("default_timeout_microseconds"),
+        max_queue_size=number("max_queue_size", absent=0),  # no queue policy written
+        default_timeout_us=number("default_timeout_microseconds", absent=0),
         instance_count=number("count"), kind=kind.group(1) if kind else "KIND_CPU")
     return version
 
@@ -287,14 +289,37 @@ def _render_config(*, name: str, platform: str, max_batch_size: int, inputs: lis
         f"input [\n{tensors(inputs)}\n]\noutput [\n{tensors(outputs)}\n]\n"
         "dynamic_batching {\n"
         f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
-        "  default_queue_policy {\n"
-        f"    timeout_action: REJECT\n    default_timeout_microseconds: {default_timeout_us}\n"
-        f"    allow_timeout_override: true\n    max_queue_size: {max_queue_size}\n"
-        "  }\n}\n"
+        f"{_queue_policy(max_queue_size, default_timeout_us)}"
+        "}\n"
         f"instance_group [ {{ count: {instance_count} kind: {kind} }} ]\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
         f"{rendered_parameters}"
     )
+
+
+# Why no queue policy is written by default. Triton (core up to r24.10 / 2.51 at least) lets the
+# dynamic batcher prefetch payloads only when the default queue policy is all defaults (no
+# max_queue_size, no default timeout, no allow_timeout_override, no priority levels). Without
+# prefetching a free model instance counts as free only once its thread is back waiting for a
+# payload, and that moment notifies nothing: the batcher, told of the completion just before,
+# finds no free instance and sleeps its default 500 ms before it looks at the queue again.
+# Measured on the bundled 2.51 (digits CNN, 128-sample requests, grpc.aio closed loop, 16
+# callers): 2185-6809 samples/s with p99 1.5-2.5 s with any policy field set, 52687-75906/s with
+# p99 31-109 ms without the block; latencies came in multiples of 500 ms.
+_QUEUE_POLICY_STALL = "a Triton queue policy turns off payload prefetching, which stalls requests 500 ms"
+
+
+def _queue_policy(max_queue_size: int, default_timeout_us: int) -> str:
+    """The ``default_queue_policy`` block: none unless a bound or a timeout is asked for."""
+    if not max_queue_size and not default_timeout_us:
+        return ""
+    logger.warning("Triton model config with max_queue_size=%d, default_timeout_us=%d: %s now and "
+                   "then (Triton <= 2.51); leave both 0 unless Triton must reject by itself",
+                   max_queue_size, default_timeout_us, _QUEUE_POLICY_STALL)
+    return ("  default_queue_policy {\n"
+            f"    timeout_action: REJECT\n    default_timeout_microseconds: {default_timeout_us}\n"
+            f"    max_queue_size: {max_queue_size}\n"
+            "  }\n")
 
 
 def _check_existing_config(path: Path, config: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 from onnx import numpy_helper
 
 from pseudostream.models.card import TeacherCard
-from pseudostream.models.triton_repo import read_teacher_parameters, write_model_repository
+from pseudostream.models.triton_repo import add_version, read_teacher_parameters, write_model_repository
 
 pytestmark = pytest.mark.integration
 
@@ -79,10 +79,9 @@ def test_config_parses_as_model_config_and_carries_the_card(triton_repo, teacher
     assert config.name == MODEL and config.backend == "python" and config.max_batch_size == 128
     assert [(i.name, list(i.dims)) for i in config.input] == [("input", [1, 8, 8])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [10]), ("features", [64])]
-    policy = config.dynamic_batching.default_queue_policy
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
-    assert (policy.max_queue_size, policy.timeout_action, policy.allow_timeout_override) == (
-        1024, model_config_pb2.ModelQueuePolicy.REJECT, True)
+    # No queue policy: any field of one turns off Triton's prefetching and stalls requests 500 ms.
+    assert not config.dynamic_batching.HasField("default_queue_policy")
     assert list(config.dynamic_batching.preferred_batch_size) == []
     assert config.version_policy.latest.num_versions == 1
     assert float(config.parameters["temperature"].string_value) == card.temperature
@@ -104,6 +103,22 @@ def test_new_version_keeps_config_and_rejects_a_different_one(tmp_path, teacher_
     with pytest.raises(ValueError, match="different settings"):
         write_model_repository(tmp_path, teacher_dir, version=3, max_batch_size=64)
     assert not (model_dir / "3").exists()
+
+
+def test_a_queue_bound_is_written_only_when_asked_for_and_kept_by_new_versions(tmp_path, teacher_dir, caplog):
+    from google.protobuf import text_format
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    model_dir = write_model_repository(tmp_path, teacher_dir, max_queue_size=64)
+    assert "500 ms" in caplog.text  # the warning says what the policy costs
+    assert add_version(tmp_path, teacher_dir, model_dir.name) == 2
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    policy = config.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.timeout_action, policy.allow_timeout_override) == (
+        64, model_config_pb2.ModelQueuePolicy.REJECT, False)
+    plain = write_model_repository(tmp_path / "plain", teacher_dir)
+    assert add_version(tmp_path / "plain", teacher_dir, plain.name) == 2  # no policy to carry over
+    assert "default_queue_policy" not in (plain / "config.pbtxt").read_text()
 
 
 def test_tensorrt_and_onnxruntime_layouts(tmp_path, teacher_dir):
