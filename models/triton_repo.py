@@ -8,10 +8,10 @@
 * ``tensorrt_plan``: ``model.plan``, an engine built by ``models.tensorrt.build_engine``.
 
 The config gives Triton's dynamic batcher its delay and no queue policy unless one is asked for
-(``_QUEUE_POLICY_STALL`` says why), serves only the latest version (loading version N+1 unloads N once its in-flight requests finish), and carries the
-teacher card's temperature, classes, task, name and version as ``parameters``, which
-``read_teacher_parameters`` reads back (from the pbtxt, or from the JSON config tritonclient
-returns). Tensor names, dtypes and dims come from the ONNX graph itself. The pbtxt is rendered
+(``_QUEUE_POLICY_STALL`` says why), serves only the latest version (loading version N+1 unloads
+N once its in-flight requests finish), and carries the teacher card's temperature, classes,
+task, name and version as ``parameters``, which ``read_teacher_parameters`` reads back (from the
+pbtxt, or from the JSON config tritonclient returns). Tensor names, dtypes and dims come from the ONNX graph itself. The pbtxt is rendered
 from plain strings: no protobuf schema is needed.
 """
 
@@ -111,8 +111,9 @@ def write_model_repository(
     (platform, tensors, batching) is an error rather than silently replaced. ``max_queue_size=0``
     means an unbounded queue, ``default_timeout_us=0`` no queue timeout; with both 0 (the
     default) no queue policy is written, since any policy stalls requests in Triton up to 2.51
-    (``_QUEUE_POLICY_STALL``); the service bounds its own queue before Triton's. ``tensorrt_plan`` needs
-    ``engine`` (a serialized engine whose profile covers ``max_batch_size``) and ``KIND_GPU``.
+    (``_QUEUE_POLICY_STALL``); the service bounds its own queue before Triton's.
+    ``tensorrt_plan`` needs ``engine`` (a serialized engine whose profile covers
+    ``max_batch_size``) and ``KIND_GPU``.
     """
     repo, teacher_dir = Path(repo), Path(teacher_dir)
     card = TeacherCard.load(teacher_dir)

@@ -178,8 +178,8 @@ class SqliteLabelLog(LabelLog):
             return np.empty(0, dtype=np.int64)
         op, now = "append" if n else "remember", time.time()
         self._recent.purge(now)  # before the rows expired by now leave the file
-        first, remembered = await self._call(op, self._append_remember_tx, topic, batch if n else None, entries,
-                                             now, ttl_s)
+        first, remembered = await self._call(op, self._append_remember_tx, topic, batch if n else None,
+                                             entries, now, ttl_s)
         if remembered is not None:
             self._recent.add(topic, *remembered, now + ttl_s)
         if n:
