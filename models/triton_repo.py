@@ -11,8 +11,8 @@ The config gives Triton's dynamic batcher its delay and no queue policy unless o
 (``_QUEUE_POLICY_STALL`` says why), serves only the latest version (loading version N+1 unloads
 N once its in-flight requests finish), and carries the teacher card's temperature, classes,
 task, name and version as ``parameters``, which ``read_teacher_parameters`` reads back (from the
-pbtxt, or from the JSON config tritonclient returns). Tensor names, dtypes and dims come from the ONNX graph itself. The pbtxt is rendered
-from plain strings: no protobuf schema is needed.
+pbtxt, or from the JSON config tritonclient returns). Tensor names, dtypes and dims come from
+the ONNX graph itself. The pbtxt is rendered from plain strings: no protobuf schema is needed.
 """
 
 from __future__ import annotations
