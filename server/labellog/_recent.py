@@ -11,10 +11,9 @@ rebuilt from the unexpired rows when the file is opened, so a recall of ids nobo
 (the common case: fresh samples) is answered without touching the file, and only hits read
 their row's blobs.
 
-Memory: the index holds the id strings and a dict entry per remembered id (``index_bytes``
-measures it): about 125 bytes per 36-character id, 31 of them beyond the string (tracemalloc,
-256k uuid4 ids), the same order as the scale-out path's one Redis key per id. The file is what
-survives a restart.
+Memory: the index holds the id strings and a dict entry per remembered id: about 125 bytes per
+36-character id, 31 of them beyond the string (tracemalloc over 256k uuid4 ids), the same order
+as the scale-out path's one Redis key per id. The file is what survives a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import heapq
 import itertools
 import json
 import sqlite3
-import sys
 from typing import Collection, Iterable, Mapping
 
 import numpy as np
@@ -79,12 +77,6 @@ class RecentIndex:
 
     def __len__(self) -> int:
         return sum(map(len, self._where.values()))
-
-    def index_bytes(self) -> int:
-        """Bytes the index holds: its dicts, the id strings, and the expiry heap's lists."""
-        ids = {id(s): s for where in self._where.values() for s in where}  # each string once
-        return (sum(map(sys.getsizeof, self._where.values())) + sum(map(sys.getsizeof, ids.values()))
-                + sys.getsizeof(self._expiry) + sum(sys.getsizeof(e[3]) for e in self._expiry))
 
 
 def write_decided(conn: sqlite3.Connection, topic: str, entries: Mapping[str, bytes], expires: float,

@@ -46,7 +46,6 @@ def test_index_finds_the_newest_row_of_an_id_and_forgets_rows_as_they_expire():
     assert index.find("t", ["a", "b", "z"], now=10.0) == {2: {"b"}}  # rows 1 and 3 expired, b kept by row 2
     assert index.find("u", ["a"], now=10.0) == {4: {"a"}}
     assert index.find("t", ["b", "c"], now=30.0) == {} and len(index) == 0
-    assert index.index_bytes() > 0
 
 
 async def test_a_remembered_batch_is_one_row_and_its_entries_survive_a_restart(db: Path):
