@@ -26,7 +26,8 @@ from typing import Collection, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["DECIDED_SCHEMA", "RecentIndex", "write_decided", "read_decided", "load_decided", "move_recent"]
+__all__ = ["DECIDED_SCHEMA", "RecentIndex", "expire_decided", "write_decided", "read_decided", "load_decided",
+           "move_recent"]
 
 # AUTOINCREMENT: a row number is never given twice, so the index never confuses a new row with
 # an expired one it still names.
@@ -79,11 +80,14 @@ class RecentIndex:
         return sum(map(len, self._where.values()))
 
 
-def write_decided(conn: sqlite3.Connection, topic: str, entries: Mapping[str, bytes], expires: float,
-                  now: float) -> tuple[int, list[str]]:
-    """Inside a transaction: drop the rows expired by ``now``, add ``entries`` as one row;
-    returns (its row number, its ids)."""
+def expire_decided(conn: sqlite3.Connection, now: float) -> None:
+    """Inside a transaction: drop the rows expired by ``now``."""
     conn.execute("DELETE FROM decided WHERE expires <= ?", (now,))
+
+
+def write_decided(conn: sqlite3.Connection, topic: str, entries: Mapping[str, bytes],
+                  expires: float) -> tuple[int, list[str]]:
+    """Inside a transaction: add ``entries`` as one row; returns (its row number, its ids)."""
     ids = list(entries)
     blobs = [bytes(b) for b in entries.values()]
     ends = np.cumsum([len(b) for b in blobs], dtype="<i8").tobytes()
@@ -126,7 +130,7 @@ def move_recent(conn: sqlite3.Connection, now: float) -> int:
     moved = 0
     for (topic, expires), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
         entries = {sid: bytes(blob) for _, _, sid, blob in group}
-        write_decided(conn, topic, entries, expires, now)
+        write_decided(conn, topic, entries, expires)
         moved += len(entries)
     conn.execute("DROP TABLE recent")  # and its expiry index
     return moved

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._recent import RecentIndex, load_decided, read_decided, write_decided
+from pseudostream.server.labellog._recent import (RecentIndex, expire_decided, load_decided, read_decided,
+                                                  write_decided)
 from pseudostream.server.labellog._segments import pack
 from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, SCHEMA, fetch_records, migrate
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
@@ -374,7 +375,8 @@ class SqliteLabelLog(LabelLog):
             first = self._append_segment(topic, segment) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
                 kept = entries(np.arange(first, first + n, dtype=np.int64))
-                remembered = write_decided(self._conn, topic, kept, now + ttl_s, now)
+                expire_decided(self._conn, now)
+                remembered = write_decided(self._conn, topic, kept, now + ttl_s)
         return first, remembered
 
 def _resolve(future: asyncio.Future) -> None:
