@@ -121,12 +121,14 @@ class MicroBatcher:
 
     ``idle`` and ``inference_s``, if given, make the delay adaptive: a partial batch is cut at
     once, not after ``max_delay_s``, when the teacher has a free worker (``idle()``), at the
-    arrival rate seen the batch would not fill before its deadline anyway, and the teacher's
-    recent inference of a batch (``inference_s()``) is short next to the delay (under
-    ``FAST_TEACHER`` times it): then waiting adds latency in the order of the inference itself
-    and still leaves the batch partial. A slow teacher keeps waiting (a small batch would hold a
-    worker for long while the next requests queue). Under load the workers are busy, the gate
-    holds the cut, and batches fill as before; ``max_delay_s`` stays the longest any item waits.
+    arrival rate seen the batch would not fill before its deadline anyway, and either the
+    teacher's recent inference of a batch (``inference_s()``) is short next to the delay (under
+    ``FAST_TEACHER`` times it: waiting adds latency in the order of the inference itself and
+    still leaves the batch partial) or its fixed cost per batch (``overhead_s()``, see
+    ``batch_cost``) is less than the wait left: splitting the batch costs the teacher one more
+    overhead, waiting costs it the wait. A teacher whose batch of 1 costs about what a full batch
+    does (a GPU) keeps waiting. Under load the workers are busy, the gate holds the cut, and
+    batches fill as before; ``max_delay_s`` stays the longest any item waits.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class MicroBatcher:
         gate: Callable[[], Awaitable[None]] | None = None,
         idle: Callable[[], bool] | None = None,
         inference_s: Callable[[], float] | None = None,
+        overhead_s: Callable[[], float | None] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
@@ -149,6 +152,7 @@ class MicroBatcher:
         self._gate = gate
         self._idle = idle
         self._inference_s = inference_s
+        self._overhead_s = overhead_s
         self._arrivals = ArrivalRate()
         self._inflight: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
@@ -234,8 +238,12 @@ class MicroBatcher:
         """The adaptive delay's rule (see the class)."""
         if self._idle is None or self._inference_s is None:
             return False
-        return (self._idle() and self._inference_s() < FAST_TEACHER * self.max_delay_s
-                and not fills_in(self._queued, self._arrivals.at(now), wait, self.max_batch))
+        if not self._idle() or fills_in(self._queued, self._arrivals.at(now), wait, self.max_batch):
+            return False
+        if self._inference_s() < FAST_TEACHER * self.max_delay_s:
+            return True
+        overhead = self._overhead_s() if self._overhead_s is not None else None
+        return overhead is not None and overhead < wait
 
     async def _run_batch(self, batch: list[WorkItem]) -> None:
         try:

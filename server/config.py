@@ -68,9 +68,11 @@ class TeacherConfig(_Strict):
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     adaptive_delay: bool = Field(False, description="cut a partial batch at once when the teacher "
-                                 "has a free worker, infers a batch in under 4 max delays, and at the "
-                                 "arrival rate seen the batch would not fill within max_delay_ms anyway "
-                                 "(max_delay_ms stays the longest wait)")
+                                 "has a free worker, at the arrival rate seen the batch would not fill "
+                                 "within max_delay_ms anyway, and the teacher infers a batch in under 4 "
+                                 "max delays or its fixed cost per batch (timed at start on batches of "
+                                 "1 and 16, then learned) is less than the wait left (max_delay_ms "
+                                 "stays the longest wait)")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
     pipeline_depth: int = Field(2, ge=1, le=8, description="batches in flight at once: the next "
                                 "batch's inference overlaps this one's selection and log append")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pseudostream.server.backends import TeacherBackend, make_backend
+from pseudostream.server.batch_cost import probe_batch_cost
 from pseudostream.server.batcher import MicroBatcher, WorkItem
 from pseudostream.server.codec import LabelInput
 from pseudostream.server.adaptation.chain import AdapterChain
@@ -116,7 +117,12 @@ class LabelingCore:
                                    max_queue_samples=tcfg.max_queue_samples, name=name,
                                    depth=tcfg.pipeline_depth, gate=pipeline.teacher_free,
                                    idle=pipeline.teacher_idle if tcfg.adaptive_delay else None,
-                                   inference_s=pipeline.inference_s if tcfg.adaptive_delay else None)
+                                   inference_s=pipeline.inference_s if tcfg.adaptive_delay else None,
+                                   overhead_s=pipeline.overhead_s if tcfg.adaptive_delay else None)
+            if tcfg.adaptive_delay:
+                teacher = self.backends[name]
+                await probe_batch_cost(pipeline.cost, teacher.infer, teacher.metadata.input_shape,
+                                       teacher.metadata.input_dtype, sizes=sorted({1, min(16, tcfg.max_batch)}))
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
+from pseudostream.server.batch_cost import BatchCost
 from pseudostream.server.batcher import WorkItem, metadata_rows
 from pseudostream.server.idempotency import concat_decisions, decode_decisions, encode_decisions, unique_rows
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
@@ -81,6 +82,7 @@ class TeacherPipeline:
         self._turn = asyncio.Condition()
         self._inferring = 0
         self._inference_s = float("inf")
+        self.cost = BatchCost()
         self._teacher_free = asyncio.Condition()
         # Idempotency: a batch's recall is asked for when the batch arrives, beside its
         # inference. Batches labeled after that question keep their entries here, by labeling
@@ -100,6 +102,10 @@ class TeacherPipeline:
     def inference_s(self) -> float:
         """Recent seconds per batch inference, weighted toward the last ones (inf before any)."""
         return self._inference_s
+
+    def overhead_s(self) -> float | None:
+        """The fixed seconds of a batch inference, fitted over batch sizes (None before two)."""
+        return self.cost.overhead_s()
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
@@ -216,6 +222,7 @@ class TeacherPipeline:
             raise
         took = time.perf_counter() - started
         self._inference_s = took if self._inference_s == float("inf") else 0.8 * self._inference_s + 0.2 * took
+        self.cost.observe(x.shape[0], took)
         self.metrics.inference_latency.labels(self.name).observe(took)
         self.metrics.batch_size.labels(self.name).observe(x.shape[0])
         return out

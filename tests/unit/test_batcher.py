@@ -145,7 +145,8 @@ def test_fills_in_compares_the_expected_queue_with_max_batch(queued, rate, secon
     assert fills_in(queued, rate, seconds, max_batch=200) is fills
 
 
-def _recording_batcher(idle: bool, max_batch: int, inference_s: float = 0.01):
+def _recording_batcher(idle: bool, max_batch: int, inference_s: float = 0.01,
+                       overhead_s: float | None = None):
     seen: list[tuple[float, list[int]]] = []
 
     async def process(batch: list[WorkItem]) -> None:
@@ -154,7 +155,8 @@ def _recording_batcher(idle: bool, max_batch: int, inference_s: float = 0.01):
             i.future.set_result(None)
 
     batcher = MicroBatcher(process, max_batch=max_batch, max_delay_s=0.5, max_queue_samples=100,
-                           idle=lambda: idle, inference_s=lambda: inference_s)
+                           idle=lambda: idle, inference_s=lambda: inference_s,
+                           overhead_s=lambda: overhead_s)
     return batcher, seen
 
 
@@ -168,6 +170,21 @@ async def test_adaptive_delay_cuts_a_lone_item_at_once_only_for_an_idle_fast_tea
     """max_delay_s is 0.5: an idle teacher that infers in 10 ms gets the item at once; a busy one,
     or one that takes 3 s (over 4 delays), gets it at the deadline."""
     batcher, seen = _recording_batcher(idle, max_batch=64, inference_s=inference_s)
+    batcher.start()
+    started = time.monotonic()
+    await asyncio.wait_for(batcher.submit(_now_item(3)), timeout=2.0)
+    await batcher.stop()
+    waited = seen[0][0] - started
+    assert (waited < 0.25) if early else (waited >= 0.45)
+
+
+@pytest.mark.parametrize("idle, overhead_s, early", [(True, 0.01, True), (True, 1.0, False),
+                                                      (True, None, False), (False, 0.01, False)])
+async def test_adaptive_delay_cuts_for_a_slow_teacher_whose_fixed_cost_is_below_the_wait(idle, overhead_s, early):
+    """A teacher taking 3 s per batch (not fast next to the 0.5 s delay): an idle one whose fixed
+    cost per batch is 10 ms gets the item at once (one more overhead costs less than the wait);
+    one whose fixed cost is 1 s (a GPU-like teacher), one not yet timed, or a busy one waits."""
+    batcher, seen = _recording_batcher(idle, max_batch=64, inference_s=3.0, overhead_s=overhead_s)
     batcher.start()
     started = time.monotonic()
     await asyncio.wait_for(batcher.submit(_now_item(3)), timeout=2.0)
