@@ -4,11 +4,15 @@
         [--teacher '{"inference_workers": 2, "intra_op_threads": 1, "pipeline_depth": 3}']
         [--topic '{"idempotency_window_s": 0, "store_samples": false}']
 
-Starts ``pseudostream serve`` on the digits CNN (``--model-dir``) (SQLite log, FixMatch tau 0.95 unless --topic
-says otherwise; the JSON mappings are merged into the teacher and topic config), warms up, then
-prints the window (samples/s, p50/p99, effective batch, CPU per 1k samples) and each service
-thread's CPU seconds per 1k samples (thread 0 is the event loop; the rest by thread id). The full
-side-by-side comparison with raw ONNX Runtime is ``bench``; this is for comparing configs.
+Starts ``pseudostream serve`` on the teacher in ``--model-dir`` (the digits CNN by default; the
+bench's ResNet-18 is ``.cache/teachers/resnet18``) with a SQLite log and FixMatch tau 0.95 unless
+--topic says otherwise (the JSON mappings are merged into the teacher and topic config), warms up,
+then prints the window (samples/s, p50/p99, effective batch, CPU per 1k samples), how busy the
+teacher was (``teacher_busy``: seconds in inference over the window, and inference ms per
+sample, from the service's metrics) and each service thread's CPU milliseconds per 1k samples
+(the event loop by name, the rest by thread id). Producers send digits for a teacher of 1x8x8
+inputs, seeded uniform noise otherwise. The full side-by-side comparison with raw ONNX Runtime
+is ``bench``; this is for comparing configs and seeing where the time goes.
 """
 
 from __future__ import annotations
@@ -18,14 +22,28 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from pseudostream.benchmarks.bench_load import ServiceLoad, window
+from pseudostream.benchmarks.bench_load import ServiceLoad, scrape, window
 from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
+from pseudostream.models.card import TeacherCard
 
 TEACHER = Path(".cache/teachers/digits-cnn")
+# Seconds in inference and samples inferred, summed over the service's batches.
+BUSY = ("pseudostream_inference_latency_seconds_sum", "pseudostream_batch_size_sum")
+
+
+def producer_samples(model_dir: Path) -> np.ndarray:
+    """What producers send: the digits stream for a 1x8x8 teacher, else seeded uniform noise."""
+    card = TeacherCard.load(model_dir)
+    if tuple(card.input_shape) == (1, 8, 8):
+        from pseudostream.models.digits import load_digits_splits
+
+        return load_digits_splits(0).stream_x
+    return np.random.default_rng(7).random((256, *card.input_shape), dtype=np.float32)
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -43,21 +61,24 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict:
-    from pseudostream.models.digits import load_digits_splits
-
-    pool = load_digits_splits(0).stream_x
+    pool = producer_samples(args.model_dir)
     x = np.ascontiguousarray(np.resize(pool, (args.request, *pool.shape[1:])))
     teacher = {"backend": "onnxruntime", "model_dir": str(args.model_dir), **json.loads(args.teacher)}
     topic = {"policy": {"name": "fixed", "params": {"tau": 0.95}}, **json.loads(args.topic)}
     metrics = ("pseudostream_batch_size_sum", "pseudostream_batch_size_count")
-    with ServiceProcess(work, "light", teacher, topic) as svc:
+    with ServiceProcess(work, "teacher", teacher, topic) as svc:
         pid = svc.pid
         async with ServiceLoad(svc.target, TOPIC, x, streams=args.producers) as load:
             await window(load, args.producers, args.seconds / 3, [svc.pid], warmup_s=0)  # warm-up
-            before = thread_cpu(svc.pid)
+            before, busy_before = thread_cpu(svc.pid), scrape(svc.metrics_url, BUSY)
+            started = time.perf_counter()
             result = await window(load, args.producers, args.seconds, [svc.pid],
                                   (svc.metrics_url, *metrics), warmup_s=0)
-            after = thread_cpu(svc.pid)
+            elapsed = time.perf_counter() - started
+            after, busy_after = thread_cpu(svc.pid), scrape(svc.metrics_url, BUSY)
+    inference_s, batched = (busy_after[m] - busy_before[m] for m in BUSY)
+    result["teacher_busy"] = round(inference_s / elapsed, 3)
+    result["inference_ms_per_sample"] = round(inference_s / batched * 1000, 4) if batched else None
     samples = result["samples_per_s"] * args.seconds
     result["thread_cpu_ms_per_1k"] = {
         ("event loop" if tid == pid else str(tid)): round((cpu - before.get(tid, 0.0)) / samples * 1e6, 1)

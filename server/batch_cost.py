@@ -60,7 +60,7 @@ class BatchCost:
         if len(self._buckets) < 2:
             return None
         sizes, seconds = np.array(list(self._buckets.values())).T
-        per_sample, overhead = np.polyfit(sizes, seconds, 1)
+        _per_sample, overhead = np.polyfit(sizes, seconds, 1)
         return max(0.0, float(overhead))
 
 

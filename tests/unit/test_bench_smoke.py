@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -49,4 +50,18 @@ def test_service_load_window_reports_cpu_per_thread(teacher_dir, capsys):
                    "--topic", '{"idempotency_window_s": 0}'])
     assert result["samples_per_s"] > 0 and result["effective_batch"] >= 16
     assert result["thread_cpu_ms_per_1k"]["event loop"] > 0
+    assert 0 < result["teacher_busy"] <= 1.0 and result["inference_ms_per_sample"] > 0
     assert json.loads(capsys.readouterr().out)["requests"] == result["requests"]
+
+
+def test_service_load_sends_digits_to_the_digits_teacher_and_noise_of_the_shape_otherwise(teacher_dir, tmp_path):
+    from pseudostream.benchmarks.service_load import producer_samples
+    from pseudostream.models.card import TeacherCard
+    from pseudostream.models.digits import load_digits_splits
+
+    np.testing.assert_array_equal(producer_samples(teacher_dir), load_digits_splits(0).stream_x)
+    card = TeacherCard.load(teacher_dir)
+    card.input_shape = [3, 4, 4]
+    card.save(tmp_path)
+    noise = producer_samples(tmp_path)
+    assert noise.shape == (256, 3, 4, 4) and noise.dtype == np.float32 and 0 <= noise.min() < noise.max() < 1
