@@ -9,6 +9,7 @@ grow in proportion to the batch (a ResNet-18 here: 3.84 ms for 1 sample, 54.4 ms
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -66,11 +67,14 @@ class BatchCost:
 
 async def probe_batch_cost(cost: BatchCost, infer: Callable[[np.ndarray], Awaitable[object]],
                            input_shape: Sequence[int], dtype: np.dtype,
-                           sizes: Sequence[int] = (1, 16), repeats: int = 3) -> None:
+                           sizes: Sequence[int] = (1, 16), repeats: int = 3,
+                           timeout_s: float = 30.0) -> None:
     """Time ``infer`` on zero batches of each of ``sizes`` (the median of ``repeats``, after one
     untimed warm-up run) into ``cost``, so the fit has two sizes before the first real batch. A
-    failing teacher is logged and left unprobed: the fit then waits for real batches."""
-    try:
+    teacher that fails, or takes over ``timeout_s`` in all, is logged and left with what was
+    timed so far: the fit then learns from real batches, and the service starts regardless."""
+
+    async def probe() -> None:
         await infer(np.zeros((1, *input_shape), dtype))
         for size in sizes:
             x = np.zeros((size, *input_shape), dtype)
@@ -80,6 +84,9 @@ async def probe_batch_cost(cost: BatchCost, infer: Callable[[np.ndarray], Awaita
                 await infer(x)
                 took.append(time.perf_counter() - started)
             cost.observe(size, float(np.median(took)))
-    except Exception as exc:
-        log.warning("could not time the teacher's batch cost at start (%s); the adaptive delay "
-                    "learns it from real batches", exc)
+
+    try:
+        await asyncio.wait_for(probe(), timeout_s)
+    except Exception as exc:  # TimeoutError included
+        log.warning("could not time the teacher's batch cost at start (%s%s); the adaptive delay "
+                    "learns it from real batches", type(exc).__name__, f": {exc}" if str(exc) else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,14 @@ async def test_a_failing_probe_leaves_the_model_empty_and_says_so(caplog):
     await probe_batch_cost(cost, infer, (2,), np.dtype(np.float32))
     assert cost.overhead_s() is None
     assert "teacher down" in caplog.text
+
+
+async def test_a_stuck_teacher_does_not_hold_the_start_past_the_timeout(caplog):
+    """The warm-up run hangs: the probe gives up after its timeout and leaves the model empty."""
+    async def infer(x: np.ndarray) -> None:
+        await asyncio.sleep(3600)
+
+    cost = BatchCost()
+    await asyncio.wait_for(probe_batch_cost(cost, infer, (2,), np.dtype(np.float32), timeout_s=0.05), 5)
+    assert cost.overhead_s() is None
+    assert "TimeoutError" in caplog.text
