@@ -47,6 +47,7 @@ log = logging.getLogger("bench")
 TEACHERS = {"light": Path(".cache/teachers/digits-cnn"), "heavy": Path(".cache/teachers/resnet18")}
 SERVICE_METRICS = ("pseudostream_batch_size_sum", "pseudostream_batch_size_count")
 TRITON_METRICS = ("nv_inference_count", "nv_inference_exec_count")
+TRITON_PIPELINE_DEPTH = 4
 # Heavy windows are this many light ones: 20 s hold about 32 batches of 0.6 s, so one batch more
 # or less in a window moves its rate by about 3%, not 6%.
 HEAVY_WINDOWS = 4
@@ -209,8 +210,10 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
                            max_queue_delay_us=args.triton_queue_delay_us)
     x = np.ascontiguousarray(pool[:run.request_samples])
     with LocalTritonServer(repo, models=[card.name]) as triton:
+        # Pipeline depth 4: one batch running in Triton, one queued there (its instance never
+        # waits for the round trip), one labeling, one appending.
         teacher = {"backend": "triton", "max_batch": run.max_batch, "max_delay_ms": args.max_delay_ms,
-                   "adaptive_delay": not args.fixed_delay,
+                   "adaptive_delay": not args.fixed_delay, "pipeline_depth": TRITON_PIPELINE_DEPTH,
                    "triton": {"url": triton.grpc_url, "model": card.name, "repository": str(repo),
                               "platform": "python"}}
         with ServiceProcess(work, f"{card.name}-triton", teacher, topic_config(kind)) as svc:
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "seconds_heavy": HEAVY_WINDOWS * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
              "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
              "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
-             "triton_queue_delay_us": args.triton_queue_delay_us, "adaptive_delay": not args.fixed_delay,
+             "triton_queue_delay_us": args.triton_queue_delay_us, "triton_pipeline_depth": TRITON_PIPELINE_DEPTH,
+             "adaptive_delay": not args.fixed_delay,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)
