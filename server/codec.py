@@ -15,7 +15,7 @@ from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.errors import InvalidInput
 from pseudostream.server.labellog.base import LabelRecord
-from pseudostream.server.pipeline import LabelOutcome
+from pseudostream.server.outcome import LabelOutcome
 
 __all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
            "encode_label_response", "encode_records", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",

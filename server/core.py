@@ -24,7 +24,8 @@ from pseudostream.server.errors import InvalidInput, UnknownName
 from pseudostream.server.labellog.base import LabelLog
 from pseudostream.server.labellog.factory import make_label_log
 from pseudostream.server.metrics import ServiceMetrics
-from pseudostream.server.pipeline import LabelOutcome, TeacherPipeline
+from pseudostream.server.outcome import LabelOutcome
+from pseudostream.server.pipeline import TeacherPipeline
 from pseudostream.server.policy_sync import PolicySync
 from pseudostream.server.promotion import Promoter
 from pseudostream.server.lineage import VersionRecord

@@ -61,7 +61,7 @@ from pseudostream.server.core import LabelingCore  # noqa: E402
 from pseudostream.server.errors import (  # noqa: E402
     ConfigError, InvalidInput, Overloaded, PseudostreamError, TeacherUnavailable, UnknownName,
 )
-from pseudostream.server.pipeline import LabelOutcome  # noqa: E402
+from pseudostream.server.outcome import LabelOutcome  # noqa: E402
 
 __all__ = ["PseudoLabelModel", "main"]
 

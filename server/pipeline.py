@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
@@ -24,10 +24,11 @@ from pseudostream.server.batcher import WorkItem, metadata_rows
 from pseudostream.server.idempotency import concat_decisions, decode_decisions, encode_decisions, unique_rows
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
+from pseudostream.server.outcome import LabelOutcome
 from pseudostream.server.selection import Decisions, PolicyBatch
 from pseudostream.server.topic import TopicRuntime
 
-__all__ = ["LabelOutcome", "TeacherPipeline", "calibrated"]
+__all__ = ["TeacherPipeline", "calibrated"]
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +36,6 @@ log = logging.getLogger(__name__)
 # (pipeline depth is at most 8, and a batch holds its slot until its append is done), so every
 # batch labeled after a recall was asked, or appending then, is here.
 _FRESH_BATCHES = 10
-
-
-@dataclass
-class LabelOutcome:
-    """The decisions for one WorkItem, with log offsets (-1 where rejected)."""
-
-    decisions: Decisions
-    offsets: np.ndarray
-    teacher_version: np.ndarray  # [n] str
-    policy: str
-
-    @staticmethod
-    def concat(parts: Sequence["LabelOutcome"]) -> "LabelOutcome":
-        """Join the outcomes of the chunks of one request, in order."""
-        if len(parts) == 1:
-            return parts[0]
-        return LabelOutcome(concat_decisions([p.decisions for p in parts]),
-                            np.concatenate([p.offsets for p in parts]),
-                            np.concatenate([p.teacher_version for p in parts]), parts[0].policy)
 
 
 def calibrated(logits: np.ndarray, temperature: float, task: str) -> tuple[np.ndarray, np.ndarray]:
