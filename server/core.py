@@ -119,7 +119,7 @@ class LabelingCore:
                                    depth=tcfg.pipeline_depth, gate=pipeline.teacher_free,
                                    idle=pipeline.teacher_idle if tcfg.adaptive_delay else None,
                                    inference_s=pipeline.inference_s if tcfg.adaptive_delay else None,
-                                   overhead_s=pipeline.overhead_s if tcfg.adaptive_delay else None)
+                                   overhead_s=pipeline.cost.overhead_s if tcfg.adaptive_delay else None)
             if tcfg.adaptive_delay:
                 teacher = self.backends[name]
                 await probe_batch_cost(pipeline.cost, teacher.infer, teacher.metadata.input_shape,

@@ -64,7 +64,7 @@ class TeacherPipeline:
         self._turn = asyncio.Condition()
         self._inferring = 0
         self._inference_s = float("inf")
-        self.cost = BatchCost()
+        self.cost = BatchCost()  # seconds against batch size: the adaptive delay's fixed cost
         self._teacher_free = asyncio.Condition()
         # Idempotency: a batch's recall is asked for when the batch arrives, beside its
         # inference. Batches labeled after that question keep their entries here, by labeling
@@ -84,10 +84,6 @@ class TeacherPipeline:
     def inference_s(self) -> float:
         """Recent seconds per batch inference, weighted toward the last ones (inf before any)."""
         return self._inference_s
-
-    def overhead_s(self) -> float | None:
-        """The fixed seconds of a batch inference, fitted over batch sizes (None before two)."""
-        return self.cost.overhead_s()
 
     async def process(self, items: list[WorkItem]) -> None:
         """Label ``items`` (one teacher batch) and resolve their futures."""
