@@ -111,13 +111,12 @@ def topic_config(kind: str) -> dict[str, Any]:
 
 
 def ort_teacher(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The service's teacher: ``--KIND-layout`` = inference_workers x intra_op_threads. Pipeline
-    depth: the workers' batches, one labeling, and with several workers one more whose log
-    append is still running (so no worker waits for it)."""
+    """The service's teacher: ``--KIND-layout`` = inference_workers x intra_op_threads, at the
+    config's default pipeline depth for that many workers."""
     workers, threads = args.layouts[kind]
     return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batches[kind],
             "max_delay_ms": args.max_delay_ms, "intra_op_threads": threads,
-            "inference_workers": workers, "pipeline_depth": workers + 1 + (workers > 1),
+            "inference_workers": workers,
             "adaptive_delay": not args.fixed_delay}
 
 

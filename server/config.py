@@ -74,8 +74,11 @@ class TeacherConfig(_Strict):
                                  "1 and 16, then learned) is less than the wait left (max_delay_ms "
                                  "stays the longest wait)")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
-    pipeline_depth: int = Field(2, ge=1, le=8, description="batches in flight at once: the next "
-                                "batch's inference overlaps this one's selection and log append")
+    pipeline_depth: int | None = Field(
+        None, ge=1, le=128, description="batches in flight at once: the next batch's inference "
+        "overlaps this one's selection and log append (default: 2 with one inference worker; with "
+        "several, 2 x inference_workers + 2: each worker's running batch and one queued behind it, "
+        "one labeling, one appending, so no worker waits for a slot to free)")
 
     @model_validator(mode="after")
     def _backend_has_its_settings(self) -> "TeacherConfig":
@@ -83,10 +86,14 @@ class TeacherConfig(_Strict):
             raise ValueError("backend onnxruntime needs model_dir (model.onnx + teacher.json)")
         if self.backend == "triton" and self.triton is None:
             raise ValueError("backend triton needs a triton section: {url, model}")
-        if self.pipeline_depth <= self.inference_workers and self.inference_workers > 1:
+        workers = self.inference_workers
+        if self.pipeline_depth is None:
+            self.pipeline_depth = 2 if workers == 1 else 2 * workers + 2
+        elif self.pipeline_depth <= workers and workers > 1:
             raise ValueError(f"pipeline_depth {self.pipeline_depth} keeps at most that many batches "
-                             f"in flight, too few to feed {self.inference_workers} inference_workers "
-                             "and label at the same time: set pipeline_depth to inference_workers + 1")
+                             f"in flight, too few to feed {workers} inference_workers and label at "
+                             f"the same time: set pipeline_depth to {2 * workers + 2} (2 x inference_workers "
+                             "+ 2), or leave it out for that default; inference_workers + 1 is the least")
         return self
 
 

@@ -112,7 +112,8 @@ class LabelingCore:
                 await topic.weight.start()
         for name, tcfg in self.config.teachers.items():
             topics = {t: rt for t, rt in self.topics.items() if rt.config.teacher == name}
-            pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics)
+            pipeline = TeacherPipeline(name, self.backends[name], topics, self.log, self.metrics,
+                                        depth=tcfg.pipeline_depth)
             batcher = MicroBatcher(pipeline.process, max_batch=tcfg.max_batch,
                                    max_delay_s=tcfg.max_delay_ms / 1000.0,
                                    max_queue_samples=tcfg.max_queue_samples, name=name,

@@ -32,10 +32,10 @@ __all__ = ["TeacherPipeline", "calibrated"]
 
 log = logging.getLogger(__name__)
 
-# Labeled batches whose idempotency entries are kept in memory: more than can be in flight
-# (pipeline depth is at most 8, and a batch holds its slot until its append is done), so every
-# batch labeled after a recall was asked, or appending then, is here.
-_FRESH_BATCHES = 10
+# Labeled batches whose idempotency entries are kept in memory: this many more than the pipeline
+# depth (a batch holds its slot until its append is done, so at most ``depth`` batches are in
+# flight), so every batch labeled after a recall was asked, or appending then, is here.
+_FRESH_SPARE = 2
 
 
 def calibrated(logits: np.ndarray, temperature: float, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ class TeacherPipeline:
     """Processes the batches the MicroBatcher of one teacher cuts."""
 
     def __init__(self, name: str, backend: TeacherBackend, topics: Mapping[str, TopicRuntime],
-                 label_log: LabelLog, metrics: ServiceMetrics) -> None:
+                 label_log: LabelLog, metrics: ServiceMetrics, depth: int = 8) -> None:
         self.name = name
         self.backend = backend
         self.topics = topics
@@ -70,6 +70,7 @@ class TeacherPipeline:
         # inference. Batches labeled after that question keep their entries here, by labeling
         # number, so the answer is completed with them (a retry of an id still in flight).
         self._fresh: dict[str, deque[_Fresh]] = {}
+        self._fresh_batches = depth + _FRESH_SPARE
 
     async def teacher_free(self) -> None:
         """Return once the backend has a free worker (the MicroBatcher's gate: it cuts the next
@@ -331,7 +332,7 @@ class TeacherPipeline:
         task.add_done_callback(_retrieve)
         if fresh is not None:
             fresh.appended = task
-            self._fresh.setdefault(topic, deque(maxlen=_FRESH_BATCHES)).append(fresh)
+            self._fresh.setdefault(topic, deque(maxlen=self._fresh_batches)).append(fresh)
         return task
 
     async def _views(self, topic: TopicRuntime, x: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ def labeling_pipeline(teacher_dir: Path) -> Callable[..., Any]:
         config = ServiceConfig(topics={"digits": {"teacher": "t", **(topic or {})}},
                                teachers={"t": {"model_dir": teacher_dir}})
         runtime = TopicRuntime("digits", config.topics["digits"], backend.metadata, log, 1000)
-        pipeline = TeacherPipeline("t", backend, {"digits": runtime}, log, ServiceMetrics())
+        pipeline = TeacherPipeline("t", backend, {"digits": runtime}, log, ServiceMetrics(), depth=depth)
         batcher = MicroBatcher(pipeline.process, max_batch=8, max_delay_s=0.0, max_queue_samples=100,
                                depth=depth, gate=pipeline.teacher_free if gate else None)
         batcher.start()

@@ -32,7 +32,9 @@ class SlowFirstBackend(OnnxRuntimeBackend):
 
 
 class HeldFirstAppendLog(SqliteLabelLog):
-    """The real SQLite log whose first append waits for ``release``."""
+    """The real SQLite log whose first ``held`` appends wait for ``release``."""
+
+    held = 1
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -41,7 +43,7 @@ class HeldFirstAppendLog(SqliteLabelLog):
 
     async def append_and_remember(self, *args, **kwargs):
         self.appends += 1
-        if self.appends == 1:
+        if self.appends <= self.held:
             await self.release.wait()
         return await super().append_and_remember(*args, **kwargs)
 
@@ -142,3 +144,30 @@ async def test_a_retry_of_a_batch_whose_append_is_running_waits_for_its_decision
     assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8))
     assert (b.decisions.label == a.decisions.label).all()
     assert end == 8 and topic.samples == 8
+
+
+class HeldAppendsLog(HeldFirstAppendLog):
+    """The real SQLite log whose appends all wait for ``release`` (they stay in order)."""
+
+    held = 1 << 30
+
+
+async def test_a_retry_behind_a_full_deep_pipeline_gets_the_first_decision(slow_first_pipeline, digits):
+    """At depth 12, eleven batches are labeled with their appends held when the retry of the
+    first one's ids arrives: the pipeline still holds the first one's entries (it keeps depth + 2
+    batches; a fixed ten would have dropped them) and the retry waits for its decision."""
+    async with slow_first_pipeline(depth=12, log_type=HeldAppendsLog, slow=False) as (batcher, topic, log):
+        x = np.ascontiguousarray(digits.stream_x[:8])
+        ids = [f"a{i}" for i in range(8)]
+        first = batcher.submit(WorkItem("digits", ids, x))
+        others = [batcher.submit(WorkItem("digits", [f"b{k}-{i}" for i in range(8)], x)) for k in range(10)]
+        await _until(lambda: topic.samples == 88 and log.appends == 11)  # all labeled, appends held
+        retry = batcher.submit(WorkItem("digits", ids, x))
+        await asyncio.sleep(0.2)  # the retry's batch is cut, recalled (nothing yet) and waiting
+        assert not retry.done() and topic.samples == 88
+        log.release.set()
+        a, b, *_ = await asyncio.gather(first, retry, *others)
+        end = await log.end_offset("digits")
+    assert list(a.offsets) == list(range(8)) and list(b.offsets) == list(range(8))
+    assert (b.decisions.label == a.decisions.label).all()
+    assert end == 88 and topic.samples == 88

@@ -43,7 +43,16 @@ def test_errors_name_the_field(tmp_path):
 
 
 def test_inference_workers_need_a_deep_enough_pipeline():
-    with pytest.raises(ConfigError, match="set pipeline_depth to inference_workers \\+ 1"):
-        load_config(teachers={"t": {"model_dir": "/m", "inference_workers": 2}})
+    with pytest.raises(ConfigError, match="set pipeline_depth to 6 \\(2 x inference_workers \\+ 2\\)"):
+        load_config(teachers={"t": {"model_dir": "/m", "inference_workers": 2, "pipeline_depth": 2}})
     cfg = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": 2, "pipeline_depth": 3}})
     assert cfg.teachers["t"].inference_workers == 2 and cfg.teachers["t"].spin_wait is False
+    assert cfg.teachers["t"].pipeline_depth == 3
+
+
+@pytest.mark.parametrize("workers, depth", [(1, 2), (2, 6), (16, 34)])
+def test_pipeline_depth_defaults_to_a_queued_batch_per_worker(workers, depth):
+    """Left out, the depth is 2 for one worker; with several, each worker's running batch and one
+    queued behind it, one labeling and one appending."""
+    cfg = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": workers}})
+    assert cfg.teachers["t"].pipeline_depth == depth
