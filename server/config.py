@@ -74,8 +74,8 @@ class TeacherConfig(_Strict):
                                  "1 and 16, then learned) is less than the wait left (max_delay_ms "
                                  "stays the longest wait)")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
-    pipeline_depth: int | None = Field(
-        None, ge=1, le=128, description="batches in flight at once: the next batch's inference "
+    pipeline_depth: int | None = Field(  # None: the default below; an int once validated
+        None, ge=1, le=130, description="batches in flight at once: the next batch's inference "
         "overlaps this one's selection and log append (default: 2 with one inference worker; with "
         "several, 2 x inference_workers + 2: each worker's running batch and one queued behind it, "
         "one labeling, one appending, so no worker waits for a slot to free)")

@@ -50,9 +50,11 @@ def test_inference_workers_need_a_deep_enough_pipeline():
     assert cfg.teachers["t"].pipeline_depth == 3
 
 
-@pytest.mark.parametrize("workers, depth", [(1, 2), (2, 6), (16, 34)])
+@pytest.mark.parametrize("workers, depth", [(1, 2), (2, 6), (16, 34), (64, 130)])
 def test_pipeline_depth_defaults_to_a_queued_batch_per_worker(workers, depth):
     """Left out, the depth is 2 for one worker; with several, each worker's running batch and one
     queued behind it, one labeling and one appending."""
     cfg = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": workers}})
     assert cfg.teachers["t"].pipeline_depth == depth
+    explicit = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": workers, "pipeline_depth": depth}})
+    assert explicit.teachers["t"].pipeline_depth == depth  # the default is within the field's bounds
