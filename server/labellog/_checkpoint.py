@@ -69,14 +69,9 @@ class Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
-            logger.warning("label log %s: no background checkpoints (%s); the writer checkpoints "
-                           "every %d pages itself", self.path, exc, BACKSTOP_PAGES)
-            return
-        try:
             while True:
                 self._due.wait(self.interval_s)
                 self._due.clear()
@@ -87,7 +82,7 @@ class Checkpointer:
                     self.runs += 1
                     logger.debug("label log %s: checkpoint copied %d of %d WAL frames (busy %d)",
                                  self.path, copied, frames, busy)
-                except sqlite3.Error as exc:  # the next one may succeed; the backstop bounds the WAL
+                except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
                     logger.warning("label log %s: background checkpoint failed: %s", self.path, exc)
         finally:
             conn.close()
