@@ -100,8 +100,14 @@ class AsyncLabelerClient:
                            timeout: float | None = None) -> AsyncIterator[LabelResult]:
         """Stream requests (see ``make_label_request``) and yield one result per request, in order."""
         call = self._stub.Label(_as_async(requests), timeout=timeout)
-        async for response in call:
-            yield LabelResult.from_proto(response)
+        try:
+            async for response in call:
+                yield LabelResult.from_proto(response)
+        except aio.AioRpcError as exc:
+            status = server_status(exc)
+            if status is exc:
+                raise
+            raise status from exc
 
     async def subscribe(self, topic: str, group: str, consumer: str, *, max_batch: int = 256,
                         include_samples: bool = True) -> AsyncIterator[list[LabelRecord]]:
@@ -166,6 +172,27 @@ class AsyncLabelerClient:
 
 
 _RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+
+_CORE_INTERNAL = "Internal error from Core"
+
+
+def server_status(exc: aio.AioRpcError) -> aio.AioRpcError:
+    """The status a Label stream really ended with. When the server ends a stream while a request
+    is being written (a graceful stop ends Label streams with UNAVAILABLE "shutting down"),
+    grpc.aio fails the write and reports INTERNAL "Internal error from Core": with the server's
+    status in the debug string when it had arrived ("UNAVAILABLE:the service is shutting down;
+    ..."), that status is returned; without it, UNAVAILABLE (the stream is gone, and what got no
+    answer may be resent). Any other error is returned as is."""
+    if exc.code() != grpc.StatusCode.INTERNAL or exc.details() != _CORE_INTERNAL:
+        return exc
+    debug = exc.debug_error_string() or ""
+    name, sep, details = debug.partition(":")
+    code = getattr(grpc.StatusCode, name.strip(), None) if sep else None
+    if not isinstance(code, grpc.StatusCode) or code == grpc.StatusCode.INTERNAL:
+        code, details = grpc.StatusCode.UNAVAILABLE, (
+            "the stream ended while a request was being sent; resend requests that got no answer")
+    return aio.AioRpcError(code, exc.initial_metadata(), exc.trailing_metadata(), details, debug)
 
 
 def _retry_after_s(exc: aio.AioRpcError) -> float:

@@ -43,5 +43,8 @@ async def test_stop_answers_in_flight_requests_then_ends_streams(make_config, di
     await asyncio.gather(*producers)
     decided = server.core.topics["digits"].samples
     assert len(errors) == 3 and all(e.code() == grpc.StatusCode.UNAVAILABLE for e in errors)
-    assert all("shutting down" in e.details() for e in errors)
+    # The server's words, or the client's when grpc failed a request's write before the status
+    # arrived (clients.client.server_status); either way the producer knows to resend.
+    assert all("shutting down" in e.details() or "while a request was being sent" in e.details()
+               for e in errors), [e.details() for e in errors]
     assert answered > 0 and answered == decided  # every decided request was answered

@@ -108,17 +108,20 @@ async def test_replicas_merge_policy_statistics_into_one_policy(make_config, red
                            label_log={"kind": "redis", "url": redis_url, "prefix": prefix})
 
     x = apply_shift(digits.stream_x[:64], seed=3)
-    async with LabelingServer(config("a")) as a, LabelingServer(config("b")) as b:
-        fresh = b.core.topics["digits"].policy.state_dict()
-        async with AsyncLabelerClient(a.address) as client:  # only replica a sees samples
-            await client.label("digits", x, ids=[f"s{i}" for i in range(64)])
-        rounds = a.core.sync.rounds
-        for _ in range(100):
-            if a.core.sync.rounds >= rounds + 2 and b.core.sync.rounds >= rounds + 2:
-                break
-            await asyncio.sleep(0.1)
-        state_a = a.core.topics["digits"].policy.state_dict()
-        state_b = b.core.topics["digits"].policy.state_dict()
+    # The whole exchange takes a few seconds; a hang fails here, with the await it hung in, not
+    # at pytest-timeout's 300 s with only the threads' stacks (seen once in a full run).
+    async with asyncio.timeout(90):
+        async with LabelingServer(config("a")) as a, LabelingServer(config("b")) as b:
+            fresh = b.core.topics["digits"].policy.state_dict()
+            async with AsyncLabelerClient(a.address) as client:  # only replica a sees samples
+                await client.label("digits", x, ids=[f"s{i}" for i in range(64)])
+            rounds = a.core.sync.rounds
+            for _ in range(100):
+                if a.core.sync.rounds >= rounds + 2 and b.core.sync.rounds >= rounds + 2:
+                    break
+                await asyncio.sleep(0.1)
+            state_a = a.core.topics["digits"].policy.state_dict()
+            state_b = b.core.topics["digits"].policy.state_dict()
     assert state_b["tau_g"] != fresh["tau_g"]  # b learned from a's samples
     assert state_a["tau_g"] == pytest.approx(state_b["tau_g"])
     assert state_a["p_tilde"] == pytest.approx(state_b["p_tilde"])
