@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pseudostream.benchmarks.bench import teacher_inputs
 from pseudostream.benchmarks.bench_load import ServiceLoad, scrape, window
 from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
 from pseudostream.models.card import TeacherCard
@@ -37,13 +38,10 @@ BUSY = ("pseudostream_inference_latency_seconds_sum", "pseudostream_batch_size_s
 
 
 def producer_samples(model_dir: Path) -> np.ndarray:
-    """What producers send: the digits stream for a 1x8x8 teacher, else seeded uniform noise."""
+    """What producers send: the bench's inputs, the digits stream for a 1x8x8 teacher (light),
+    else seeded uniform noise of the teacher's shape (heavy)."""
     card = TeacherCard.load(model_dir)
-    if tuple(card.input_shape) == (1, 8, 8):
-        from pseudostream.models.digits import load_digits_splits
-
-        return load_digits_splits(0).stream_x
-    return np.random.default_rng(7).random((256, *card.input_shape), dtype=np.float32)
+    return teacher_inputs("light" if tuple(card.input_shape) == (1, 8, 8) else "heavy", card)
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
