@@ -229,17 +229,17 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
 def raw_limit(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
               args: argparse.Namespace, seconds: float) -> Any:
     """(a): raw ONNX Runtime swept over batch sizes in two thread layouts, one session run over
-    ``--threads`` and the service's (``--KIND-layout``: workers runs of intra-op threads each);
-    the faster layout at its best batch is the limit. Returns that runner."""
+    ``--threads`` and the service's (``--KIND-layout``: that many workers, each running batches
+    back to back on intra-op threads of its own, none waiting for another; batch sizes are per
+    worker); the faster layout at its best batch is the limit. Returns that runner."""
     sweep = sorted({16, 64, run.max_batch, 2 * run.max_batch} if not args.quick else {8, run.max_batch})
     workers, threads = args.layouts[kind]
     layouts = {f"1x{args.threads}": ort_runner(teacher_dir / MODEL_FILENAME, args.threads)}
     if workers > 1:
         layouts[f"{workers}x{threads}"] = ort_runner(teacher_dir / MODEL_FILENAME, threads, workers=workers)
     sweeps = {}
-    for name, runner in layouts.items():
-        batches = sweep if name.startswith("1x") else sorted({b * workers for b in sweep})
-        sweeps[name] = ort_sweep(runner, pool, batches, seconds / 4, rounds=1 if args.quick else 2)
+    for name, runner in layouts.items():  # batches per worker
+        sweeps[name] = ort_sweep(runner, pool, sweep, seconds / 4, rounds=1 if args.quick else 2)
         log.info("%s raw ORT %s: best batch %s %s", run.teacher, name, sweeps[name]["best_batch"],
                  sweeps[name]["best"])
     chosen = max(sweeps, key=lambda n: sweeps[n]["best"]["samples_per_s"])

@@ -207,7 +207,8 @@ def plot(report: Mapping[str, Any], path: Path) -> Path | None:
         if beside:
             ns = sorted(beside, key=int)
             axes[0][col].plot([int(n) for n in ns], [beside[n]["samples_per_s"] for n in ns], "x:", color="gray",
-                              label=f"raw ORT in-process, batch {s['ort']['best_batch']}")
+                              label=f"raw ORT in-process, {s['ort'].get('layout', '')} at batch "
+                                    f"{s['ort']['best_batch']}")
         axes[0][col].set_title(f"{kind}: {s['teacher']}, {s['request_samples']} samples/request")
         axes[0][col].set_ylabel("samples/s")
         axes[1][col].set_ylabel("p99 latency (ms)")

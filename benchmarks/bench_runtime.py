@@ -26,27 +26,41 @@ __all__ = ["ort_runner", "run_for", "ort_sweep", "interleaved"]
 Runner = Callable[[np.ndarray], Any]
 
 
+class _Workers:
+    """``run(x)`` on one session, meant for ``workers`` threads at once: ``run_for`` starts that
+    many, each calling it back to back on its own batch (the service's ``inference_workers``)."""
+
+    def __init__(self, run: Runner, workers: int) -> None:
+        self.run, self.workers = run, workers
+
+    def __call__(self, x: np.ndarray) -> Any:
+        return self.run(x)
+
+
 def ort_runner(model: str | Path, threads: int, input_name: str = "input", workers: int = 1) -> Runner:
     """``run(x)`` on an ONNX Runtime CPU session with ``threads`` intra-op threads (as the
     service's embedded backend builds it, except that idle intra-op threads spin: ONNX Runtime's
-    default, its fastest setting when nothing else needs the cores). With ``workers`` > 1, ``x`` is split in that many
-    equal parts run at once on their own threads through the one session (the service's
-    ``inference_workers``), so a call of ``workers * b`` rows is ``workers`` batches of ``b``."""
+    default, its fastest setting when nothing else needs the cores). With ``workers`` > 1,
+    ``run_for`` runs it on that many threads at once through the one session, each on its own
+    batch of ``x``'s rows and none waiting for another (the service's ``inference_workers``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
-    if workers == 1:
-        return lambda x: session.run(outputs, {input_name: x})
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raw-ort")
-    return lambda x: list(pool.map(lambda part: session.run(outputs, {input_name: part}),
-                                   np.array_split(x, workers)))
+
+    def run(x: np.ndarray) -> Any:
+        return session.run(outputs, {input_name: x})
+
+    return run if workers == 1 else _Workers(run, workers)
 
 
 def run_for(run: Runner, x: np.ndarray, seconds: float) -> dict[str, float]:
     """Call ``run(x)`` back to back for ``seconds``, after warming up for a tenth of that (at
-    least one call: torch and ONNX Runtime both set up kernels on a shape's first calls)."""
+    least one call: torch and ONNX Runtime both set up kernels on a shape's first calls). A
+    runner of several workers (``ort_runner(workers=k)``) is called so on k threads at once:
+    samples/s counts all of them, latency is per call, ``batch`` is per worker."""
+    workers = getattr(run, "workers", 1)
     warm_until = time.perf_counter() + seconds / 10
     run(x)
     while time.perf_counter() < warm_until:
@@ -55,14 +69,25 @@ def run_for(run: Runner, x: np.ndarray, seconds: float) -> dict[str, float]:
     cpu0 = me.cpu_times()
     latencies: list[float] = []
     started = time.perf_counter()
-    while (t0 := time.perf_counter()) - started < seconds:
-        run(x)
-        latencies.append(time.perf_counter() - t0)
+
+    def loop() -> None:
+        mine = []
+        while (t0 := time.perf_counter()) - started < seconds:
+            run(x)
+            mine.append(time.perf_counter() - t0)
+        latencies.extend(mine)
+
+    if workers == 1:
+        loop()
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raw-ort") as pool:
+            list(pool.map(lambda _: loop(), range(workers)))
     elapsed = time.perf_counter() - started
     cpu1 = me.cpu_times()
     samples = len(latencies) * len(x)
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    return {"batch": len(x), "samples_per_s": round(samples / elapsed, 1), **percentiles(latencies),
+    return {"batch": len(x), **({"workers": workers} if workers > 1 else {}),
+            "samples_per_s": round(samples / elapsed, 1), **percentiles(latencies),
             "cpu_s_per_1k": round(cpu / samples * 1000, 4)}
 
 
