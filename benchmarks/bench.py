@@ -228,15 +228,15 @@ async def triton_phase(kind: str, teacher_dir: Path, card: TeacherCard, pool: np
 
 def raw_limit(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
               args: argparse.Namespace, seconds: float) -> Any:
-    """(a): raw ONNX Runtime swept over batch sizes in two thread layouts, one session run over
-    ``--threads`` and the service's (``--KIND-layout``: that many workers, each running batches
-    back to back on intra-op threads of its own, none waiting for another; batch sizes are per
-    worker); the faster layout at its best batch is the limit. Returns that runner."""
+    """(a): raw ONNX Runtime swept over batch sizes in every thread layout worth trying, whatever
+    the service runs: one session run over ``--threads``, that many single-threaded workers, and
+    the service's own (``--KIND-layout``). A layout of several workers runs each back to back on
+    batches of its own, none waiting for another; batch sizes are per worker. The fastest layout
+    at its best batch is the limit. Returns that runner."""
     sweep = sorted({16, 64, run.max_batch, 2 * run.max_batch} if not args.quick else {8, run.max_batch})
-    workers, threads = args.layouts[kind]
-    layouts = {f"1x{args.threads}": ort_runner(teacher_dir / MODEL_FILENAME, args.threads)}
-    if workers > 1:
-        layouts[f"{workers}x{threads}"] = ort_runner(teacher_dir / MODEL_FILENAME, threads, workers=workers)
+    shapes = dict.fromkeys([(1, args.threads), (args.threads, 1), args.layouts[kind]])
+    layouts = {f"{workers}x{threads}": ort_runner(teacher_dir / MODEL_FILENAME, threads, workers=workers)
+               for workers, threads in shapes}
     sweeps = {}
     for name, runner in layouts.items():  # batches per worker
         sweeps[name] = ort_sweep(runner, pool, sweep, seconds / 4, rounds=1 if args.quick else 2)
