@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from pseudostream.benchmarks.bench_runtime import _Workers, ort_runner, run_for
+pytest.importorskip("psutil")  # the harness needs it (the [bench] extra); skip before importing it
 
-pytest.importorskip("psutil")
+from pseudostream.benchmarks.bench_runtime import _Workers, ort_runner, run_for  # noqa: E402
 
 
 def test_workers_run_free_and_every_call_is_counted():
