@@ -7,8 +7,9 @@ noisy machine:
 (a) raw ONNX Runtime in this process at its best batch size (the limit), measured again right
     after each service window;
 (b) the service end to end (``pseudostream serve``, embedded ONNX Runtime, SQLite label log) over
-    gRPC loopback with N producers (one request in flight each), N = 1, 4, 16; then open-loop
-    load at half the peak for the p99 latency;
+    gRPC loopback with N producers (one request in flight each), N = 1, 4, 16; then 4 producers
+    that each keep ``--in-flight`` requests in flight on their stream (``label_stream``
+    pipelining; not a target figure); then open-loop load at half the peak for the p99 latency;
 (c) raw ``tritonclient`` against a local Triton (the bundled CPU tritonserver, python backend)
     and (d) the service over that Triton, at the same N, when the [triton] extra is installed;
 (e) where one batch of 128 spends its time, in-process, with stage timers and cProfile;
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the service's inference_workers x intra_op_threads, light teacher (many small batches)")
     p.add_argument("--heavy-layout", default=f"1x{cores}",
                    help="the same, heavy teacher (few large batches: one run over every core)")
+    p.add_argument("--in-flight", type=int, default=2,
+                   help="requests each of 4 producers keeps in flight in the pipelined window (1: skip it)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--triton-queue-delay-us", type=int, default=0,
@@ -175,6 +178,15 @@ async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: ben
             run.ort_after[n] = {**after, "samples_per_s": round(sum(rates) / 2, 1), "before_after": rates}
             before = after
             log.info("%s N=%d service %s | raw ORT %s", kind, n, run.service[n], run.ort_after[n])
+        if args.in_flight > 1:
+            n = 4 if 4 in args.ns else max(args.ns)
+            async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
+                w = await window(load, n * args.in_flight, seconds, [svc.pid], metrics, warmup_s=seconds / 4)
+            after = run_for(best, best_x, seconds / 2)
+            rates = [before["samples_per_s"], after["samples_per_s"]]
+            run.pipelined = {"producers": n, "in_flight": args.in_flight, **w,
+                             "ort_samples_per_s": round(sum(rates) / 2, 1), "ort_before_after": rates}
+            log.info("%s N=%d, %d in flight each: service %s", kind, n, args.in_flight, w)
         peak = max(w["samples_per_s"] for w in run.service.values())
         async with ServiceLoad(svc.target, TOPIC, x, streams=4) as load:
             half = await open_loop(load.call, 0.5 * peak / len(x), seconds * 1.5, streams=4)
@@ -303,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
              "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
              "triton_queue_delay_us": args.triton_queue_delay_us, "triton_pipeline_depth": TRITON_PIPELINE_DEPTH,
-             "adaptive_delay": not args.fixed_delay,
+             "adaptive_delay": not args.fixed_delay, "pipelined_in_flight": args.in_flight,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)

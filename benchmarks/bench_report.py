@@ -6,7 +6,8 @@ to the details. A part that could not run is ``null`` with ``<key>_reason`` besi
 * ``service_vs_ort``: the service at its best producer count over raw ONNX Runtime at its best
   batch size, the mean of runs right before and right after that service window
   (``service_vs_ort_by_producers`` for each count; ``service_vs_ort_min_n_ge_4``: the worst
-  count of 4 or more);
+  count of 4 or more; ``service_vs_ort_pipelined``: 4 producers keeping several requests in
+  flight each, against raw ONNX Runtime around that window; not a target figure);
 * ``service_vs_triton``: the service over Triton at its best producer count over raw
   ``tritonclient`` at its best (``service_vs_triton_by_producers``: at equal counts);
 * ``p99_ms_half_load``: p99 latency at half the service's peak throughput, offered open loop;
@@ -38,6 +39,7 @@ class TeacherRun:
     ort_sweep: dict[str, Any] | None = None
     ort_after: dict[int, dict[str, Any]] = field(default_factory=dict)  # producers -> raw ORT run
     service: dict[int, dict[str, Any]] = field(default_factory=dict)  # producers -> window
+    pipelined: dict[str, Any] | None = None  # a window of producers with several requests in flight
     half_load: dict[str, Any] | None = None
     raw_triton: dict[int, dict[str, Any]] = field(default_factory=dict)
     service_triton: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -75,6 +77,8 @@ def teacher_section(run: TeacherRun) -> dict[str, Any]:
     s["service_vs_ort_by_producers"] = by_n
     high = [r for n, r in by_n.items() if n >= 4 and r is not None]
     s["service_vs_ort_min_n_ge_4"] = min(high) if high else None
+    piped = run.pipelined
+    s["service_vs_ort_pipelined"] = ratio(piped["samples_per_s"], piped["ort_samples_per_s"]) if piped else None
     raw_peak, svc_peak = _peak(run.raw_triton), _peak(run.service_triton)
     _set(s, "service_vs_triton",
          ratio(run.service_triton[svc_peak]["samples_per_s"], run.raw_triton[raw_peak]["samples_per_s"])
@@ -88,6 +92,7 @@ def teacher_section(run: TeacherRun) -> dict[str, Any]:
     if run.profile is not None:
         s["selection_adaptation_append_share"] = run.profile["selection_adaptation_append_share"]
     s.update({"ort": run.ort_sweep, "ort_after_service": run.ort_after, "service": run.service,
+              "service_pipelined": piped,
               "half_load": half, "raw_triton": run.raw_triton, "service_triton": run.service_triton,
               "profile": run.profile, "quantized": run.quantized})
     for part, why in run.reasons.items():
@@ -175,6 +180,11 @@ def table(report: Mapping[str, Any]) -> str:
                          f"{cell(s['service'][n])} | {s['service_vs_ort_by_producers'].get(n)} | "
                          f"{cell((s.get('raw_triton') or {}).get(n))} | {cell((s.get('service_triton') or {}).get(n))} | "
                          f"{(s.get('service_vs_triton_by_producers') or {}).get(n, '-')} |")
+        piped = s.get("service_pipelined")
+        if piped:
+            lines.append(f"| {kind} ({s['teacher']}) | {piped['producers']}, {piped['in_flight']} requests in "
+                         f"flight each | {piped['ort_samples_per_s']:.0f}/s | {cell(piped)} | "
+                         f"{s['service_vs_ort_pipelined']} | - | - | - |")
     return "\n".join(lines)
 
 
@@ -209,6 +219,11 @@ def plot(report: Mapping[str, Any], path: Path) -> Path | None:
             axes[0][col].plot([int(n) for n in ns], [beside[n]["samples_per_s"] for n in ns], "x:", color="gray",
                               label=f"raw ORT in-process, {s['ort'].get('layout', '')} at batch "
                                     f"{s['ort']['best_batch']}")
+        piped = s.get("service_pipelined")
+        if piped:
+            axes[0][col].plot([piped["producers"]], [piped["samples_per_s"]], "*", markersize=10,
+                              label=f"service, {piped['in_flight']} requests in flight per producer")
+            axes[1][col].plot([piped["producers"]], [piped["p99_ms"]], "*", markersize=10)
         axes[0][col].set_title(f"{kind}: {s['teacher']}, {s['request_samples']} samples/request")
         axes[0][col].set_ylabel("samples/s")
         axes[1][col].set_ylabel("p99 latency (ms)")

@@ -1,6 +1,7 @@
 """One closed-loop load window on the service, with CPU per thread: what-if runs of one config.
 
     python -m pseudostream.benchmarks.service_load [--producers 16] [--seconds 6] [--request 64]
+        [--in-flight 1]
         [--teacher '{"inference_workers": 2, "intra_op_threads": 1, "pipeline_depth": 3}']
         [--topic '{"idempotency_window_s": 0, "store_samples": false}']
 
@@ -67,10 +68,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
     with ServiceProcess(work, "teacher", teacher, topic) as svc:
         pid = svc.pid
         async with ServiceLoad(svc.target, TOPIC, x, streams=args.producers) as load:
-            await window(load, args.producers, args.seconds / 3, [svc.pid], warmup_s=0)  # warm-up
+            callers = args.producers * args.in_flight
+            await window(load, callers, args.seconds / 3, [svc.pid], warmup_s=0)  # warm-up
             before, busy_before = thread_cpu(svc.pid), scrape(svc.metrics_url, BUSY)
             started = time.perf_counter()
-            result = await window(load, args.producers, args.seconds, [svc.pid],
+            result = await window(load, callers, args.seconds, [svc.pid],
                                   (svc.metrics_url, *metrics), warmup_s=0)
             elapsed = time.perf_counter() - started
             after, busy_after = thread_cpu(svc.pid), scrape(svc.metrics_url, BUSY)
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--producers", type=int, default=16)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--request", type=int, default=64, help="samples per request")
+    p.add_argument("--in-flight", type=int, default=1,
+                   help="requests each producer keeps in flight on its stream (label_stream pipelining)")
     p.add_argument("--teacher", default="{}", help="JSON merged into the teacher config")
     p.add_argument("--topic", default="{}", help="JSON merged into the topic config")
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ def heavy_run() -> TeacherRun:
     run.ort_sweep = {"best_batch": 64, "best": w(200.0), "by_batch": {64: w(200.0), 128: w(190.0, 700.0)}}
     run.ort_after = {1: w(200.0), 4: w(200.0), 16: w(190.0)}
     run.service = {1: w(150.0), 4: w(196.0), 16: w(180.5)}
+    run.pipelined = {"producers": 4, "in_flight": 2, **w(199.0), "ort_samples_per_s": 200.0}
     run.half_load = {"p99_ms": 300.0, "bound_ms": 1410.0, "samples_per_s": 98.0}
     run.raw_triton = {1: w(100.0), 4: w(160.0), 16: w(150.0)}
     run.service_triton = {1: w(90.0), 4: w(152.0), 16: w(120.0)}
@@ -47,6 +48,8 @@ def test_headline_ratios_are_computed_from_the_measurements():
     assert heavy["service_vs_ort_by_producers"] == {1: 0.75, 4: 0.98, 16: 0.95}
     assert heavy["service_vs_ort"] == 0.98  # at the service's peak (N=4)
     assert heavy["service_vs_ort_min_n_ge_4"] == 0.95
+    assert heavy["service_vs_ort_pipelined"] == 0.995  # a window beside the targets, not one of them
+    assert light["service_vs_ort_pipelined"] is None and light["service_pipelined"] is None
     assert heavy["service_vs_triton"] == 0.95  # 152 / 160: both peaks
     assert heavy["service_vs_triton_by_producers"] == {1: 0.9, 4: 0.95, 16: 0.8}
     assert (heavy["p99_ms_half_load"], heavy["p99_bound_ms"]) == (300.0, 1410.0)
@@ -86,6 +89,7 @@ def test_report_round_trips_as_json_and_renders(tmp_path):
     assert {"heavy", "light", "quantized", "targets", "setup"} <= set(loaded)
     text = table(report)
     assert "| heavy (resnet18) | 4 |" in text and "196/s" in text
+    assert "| heavy (resnet18) | 4, 2 requests in flight each | 200/s | 199/s" in text and "| 0.995 |" in text
     pytest.importorskip("matplotlib")
     png = plot(report, tmp_path / "plot.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,6 +39,9 @@ def test_quick_bench_writes_a_report_with_every_key(tmp_path, teacher_dir):
     assert section["quantized"]["int8"]["agreement"]["joint"] >= 0.99
     assert section["quantized"]["runtime"]["int8"]["vs_first"] > 0
     assert section["profile"]["stages_ms"]["inference"] > 0
+    piped = section["service_pipelined"]  # the largest N of --quick's 1,2, two requests in flight each
+    assert (piped["producers"], piped["in_flight"]) == (2, 2) and piped["samples_per_s"] > 0
+    assert section["service_vs_ort_pipelined"] > 0
     assert "| light (digits-cnn) | 2 |" in done.stdout
 
 
@@ -46,8 +49,8 @@ def test_service_load_window_reports_cpu_per_thread(teacher_dir, capsys):
     pytest.importorskip("psutil")
     from pseudostream.benchmarks.service_load import main
 
-    result = main(["--model-dir", str(teacher_dir), "--producers", "2", "--seconds", "1", "--request", "16",
-                   "--topic", '{"idempotency_window_s": 0}'])
+    result = main(["--model-dir", str(teacher_dir), "--producers", "2", "--in-flight", "2", "--seconds", "1",
+                   "--request", "16", "--topic", '{"idempotency_window_s": 0}'])
     assert result["samples_per_s"] > 0 and result["effective_batch"] >= 16
     assert result["thread_cpu_ms_per_1k"]["event loop"] > 0
     assert 0 < result["teacher_busy"] <= 1.0 and result["inference_ms_per_sample"] > 0
