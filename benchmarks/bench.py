@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heavy-layout", default=f"1x{cores}",
                    help="the same, heavy teacher (few large batches: one run over every core)")
     p.add_argument("--in-flight", type=int, default=2,
-                   help="requests each of 4 producers keeps in flight in the pipelined window (1: skip it)")
+                   help="requests each producer keeps in flight in the pipelined window, run at 4 producers "
+                        "(or the most of --producers without 4); 1 skips it")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--triton-queue-delay-us", type=int, default=0,
@@ -88,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench-report.json"))
     p.add_argument("--plot", type=Path, default=Path("benchmarks/bench-plot.png"))
     args = p.parse_args(argv)
+    if args.in_flight < 1:
+        p.error(f"--in-flight must be 1 or more, got {args.in_flight}")
     if args.quick:
         args.teachers, args.producers, args.seconds, args.rounds = "light", "1,2", 0.5, 1
         args.light_request, args.no_triton = 16, True

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", default="{}", help="JSON merged into the teacher config")
     p.add_argument("--topic", default="{}", help="JSON merged into the topic config")
     args = p.parse_args(argv)
+    if args.in_flight < 1:
+        p.error(f"--in-flight must be 1 or more, got {args.in_flight}")
     with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
         result = asyncio.run(run(args, Path(tmp)))
     print(json.dumps(result, indent=1))

@@ -1,0 +1,26 @@
+"""The benchmark commands refuse an --in-flight below 1 with a usage error instead of dividing by
+zero samples after a window with no callers."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_bench_parses_in_flight_and_refuses_zero(capsys):
+    pytest.importorskip("psutil")  # the harness imports it
+    from pseudostream.benchmarks.bench import parse_args
+
+    assert parse_args([]).in_flight == 2
+    assert parse_args(["--in-flight", "1"]).in_flight == 1  # 1 skips the pipelined window
+    with pytest.raises(SystemExit):
+        parse_args(["--in-flight", "0"])
+    assert "--in-flight must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_service_load_refuses_zero_in_flight(capsys):
+    pytest.importorskip("psutil")
+    from pseudostream.benchmarks.service_load import main
+
+    with pytest.raises(SystemExit):
+        main(["--in-flight", "0"])
+    assert "--in-flight must be 1 or more, got 0" in capsys.readouterr().err
