@@ -70,9 +70,11 @@ async def probe_batch_cost(cost: BatchCost, infer: Callable[[np.ndarray], Awaita
                            sizes: Sequence[int] = (1, 16), repeats: int = 3,
                            timeout_s: float = 30.0) -> None:
     """Time ``infer`` on zero batches of each of ``sizes`` (the median of ``repeats``, after one
-    untimed warm-up run) into ``cost``, so the fit has two sizes before the first real batch. A
+    untimed warm-up run) into ``cost``, so the fit has two sizes without waiting for real
+    batches of two sizes. The core runs it as a background task from start, so the service
+    never waits for it (until it ends, a slow teacher's partial batches wait out the delay). A
     teacher that fails, or takes over ``timeout_s`` in all, is logged and left with what was
-    timed so far: the fit then learns from real batches, and the service starts regardless."""
+    timed so far: the fit then learns from real batches."""
 
     async def probe() -> None:
         await infer(np.zeros((1, *input_shape), dtype))

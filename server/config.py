@@ -70,9 +70,9 @@ class TeacherConfig(_Strict):
     adaptive_delay: bool = Field(False, description="cut a partial batch at once when the teacher "
                                  "has a free worker, at the arrival rate seen the batch would not fill "
                                  "within max_delay_ms anyway, and the teacher infers a batch in under 4 "
-                                 "max delays or its fixed cost per batch (timed at start on batches of "
-                                 "1 and 16, then learned) is less than the wait left (max_delay_ms "
-                                 "stays the longest wait)")
+                                 "max delays or its fixed cost per batch (timed in the background from "
+                                 "start on batches of 1 and 16, then learned) is less than the wait "
+                                 "left (max_delay_ms stays the longest wait)")
     max_queue_samples: int = Field(16384, ge=1, description="samples queued before RESOURCE_EXHAUSTED")
     pipeline_depth: int | None = Field(  # None: the default below; an int once validated
         None, ge=1, le=130, description="batches in flight at once: the next batch's inference "

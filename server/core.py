@@ -76,6 +76,9 @@ class LabelingCore:
         self.draining = asyncio.Event()  # set at shutdown: streams answer what is in flight, end
         self._sync_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        # The adaptive delay's start-up timing of each teacher's batch cost, in the background:
+        # the service answers at once, and cuts a slow teacher's batches early once it is known.
+        self.cost_probes: dict[str, asyncio.Task[None]] = {}
         self.groups: dict[str, set[str]] = {}  # consumer groups seen per topic (lag metric)
         self.dirs: dict[str, dict[str, Path]] = {}  # teacher -> version -> its folder, when known
         self.promoter = Promoter(self)
@@ -123,8 +126,10 @@ class LabelingCore:
                                    overhead_s=pipeline.cost.overhead_s if tcfg.adaptive_delay else None)
             if tcfg.adaptive_delay:
                 teacher = self.backends[name]
-                await probe_batch_cost(pipeline.cost, teacher.infer, teacher.metadata.input_shape,
-                                       teacher.metadata.input_dtype, sizes=sorted({1, min(16, tcfg.max_batch)}))
+                self.cost_probes[name] = asyncio.create_task(
+                    probe_batch_cost(pipeline.cost, teacher.infer, teacher.metadata.input_shape,
+                                     teacher.metadata.input_dtype, sizes=sorted({1, min(16, tcfg.max_batch)})),
+                    name=f"batch-cost-{name}")
             batcher.start()
             self.metrics.track_queue(name, lambda b=batcher: b.queued_samples, tcfg.max_queue_samples)
             self.batchers[name] = batcher
@@ -143,6 +148,10 @@ class LabelingCore:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._sync_task = self._lag_task = None
+        for probe in self.cost_probes.values():
+            probe.cancel()
+        await asyncio.gather(*self.cost_probes.values(), return_exceptions=True)
+        self.cost_probes.clear()
         for batcher in self.batchers.values():
             await batcher.stop()
         for topic in self.topics.values():

@@ -44,6 +44,7 @@ async def test_a_lone_first_request_waits_only_where_the_fixed_cost_is_above_the
     core = LabelingCore(config)
     await core.start()
     try:
+        await core.cost_probes["digits-cnn"]  # runs in the background from start
         assert [size for _, size in ShapedCostBackend.started] == [1, 1, 1, 1, 16, 16, 16]  # the probe
         overhead = core.batchers["digits-cnn"]._overhead_s()
         assert overhead == pytest.approx(fixed_s, abs=0.02)
@@ -55,3 +56,33 @@ async def test_a_lone_first_request_waits_only_where_the_fixed_cost_is_above_the
         assert (waited < 0.1) if early else (waited >= 0.19), (waited, tcfg.max_delay_ms)
     finally:
         await core.stop()
+
+
+async def test_start_does_not_wait_for_the_batch_cost_probe(monkeypatch, make_config):
+    """A teacher whose every batch takes 0.25 s makes the probe last at least 7 x 0.25 s; the
+    core is up at once, the probe finishes behind it, and stop cancels a probe still running."""
+    config = make_config(teachers={"digits-cnn": {"adaptive_delay": True, "max_batch": 16}})
+    monkeypatch.setattr(ShapedCostBackend, "fixed_s", 0.25)
+    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", 0.0)
+    monkeypatch.setattr(ShapedCostBackend, "started", [])
+    monkeypatch.setattr(core_module, "make_backend",
+                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+    core = LabelingCore(config)
+    began = time.monotonic()
+    await core.start()
+    try:
+        assert time.monotonic() - began < 1.0 and core.ready
+        probe = core.cost_probes["digits-cnn"]
+        assert not probe.done() and core.batchers["digits-cnn"]._overhead_s() is None
+        await probe
+        assert core.batchers["digits-cnn"]._overhead_s() == pytest.approx(0.25, abs=0.02)
+    finally:
+        await core.stop()
+    assert core.cost_probes == {}
+
+    monkeypatch.setattr(ShapedCostBackend, "started", [])
+    core = LabelingCore(config)
+    await core.start()
+    probe = core.cost_probes["digits-cnn"]
+    await core.stop()  # the probe has run one batch of 7 at most
+    assert probe.cancelled() and len(ShapedCostBackend.started) < 7
