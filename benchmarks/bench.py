@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-batch", type=int, default=128, help="batch size of the per-stage profile")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
     p.add_argument("--fixed-delay", action="store_true",
-                   help="the service waits max-delay-ms for every partial batch (the default config) "
-                        "instead of running with adaptive_delay")
+                   help="the service waits max-delay-ms for every partial batch (adaptive_delay: false) "
+                        "instead of running with adaptive_delay, the default")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="ONNX Runtime intra-op threads of the raw baseline (a)")
     cores = os.cpu_count() or 1

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -77,10 +78,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             teachers={TEACHER: teacher}, topics={TOPIC: topic},
             label_log={"path": Path(work) / "labels.db", "visibility_timeout_s": 30.0},
         )
+        count = None if triton is None else functools.partial(_triton_inference_count, triton.metrics_url)
         report = asyncio.run(_run(config, settings, stream_x, stream_ids, stream_y, test_x,
-                                  splits.test_y))
-        if triton is not None:
-            report["triton_inference_count"] = _triton_inference_count(triton.metrics_url)
+                                  splits.test_y, count))
     stream_truth = dict(zip(stream_ids, stream_y.tolist()))
     report.update(label_quality(report.pop("_accepted"), stream_truth))
     report["teacher_accuracy_shifted"] = _teacher_accuracy(settings.teacher_dir, test_x, splits.test_y)
@@ -91,10 +91,16 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
 async def _run(config: ServiceConfig, settings: DemoSettings, stream_x: np.ndarray,
                stream_ids: list[str], stream_y: np.ndarray, test_x: np.ndarray,
-               test_y: np.ndarray) -> dict[str, Any]:
+               test_y: np.ndarray, triton_count: Callable[[], int] | None = None) -> dict[str, Any]:
     async with LabelingServer(config) as server:
+        # The adaptive delay times the teacher at start; let it finish, so that Triton's count
+        # over the labeling below holds the producers' samples only.
+        await asyncio.gather(*server.core.cost_probes.values(), return_exceptions=True)
+        before = triton_count() if triton_count else 0
         report, trainer = await label_and_train(server.address, settings, stream_x, stream_ids,
                                                 test_x, test_y)
+        if triton_count:
+            report["triton_inference_count"] = triton_count() - before
         if settings.rounds:
             from pseudostream.clients.demo_rounds import self_training_rounds
 
@@ -178,7 +184,7 @@ def _teacher_service(settings: DemoSettings, work: Path) -> Iterator[tuple[dict[
 
 
 def _triton_inference_count(metrics_url: str) -> int:
-    """Sum of Triton's ``nv_inference_count`` (inferences it ran) from its /metrics."""
+    """Sum of Triton's ``nv_inference_count`` (samples it has inferred) from its /metrics."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families

@@ -67,7 +67,7 @@ class TeacherConfig(_Strict):
                             "work (ORT's own default; costs cores the event loop needs)")
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
-    adaptive_delay: bool = Field(False, description="cut a partial batch at once when the teacher "
+    adaptive_delay: bool = Field(True, description="cut a partial batch at once when the teacher "
                                  "has a free worker, at the arrival rate seen the batch would not fill "
                                  "within max_delay_ms anyway, and the teacher infers a batch in under 4 "
                                  "max delays or its fixed cost per batch (timed in the background from "
