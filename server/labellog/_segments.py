@@ -23,7 +23,7 @@ import numpy as np
 from pseudostream.server.labellog._rows import class_lists, little_samples
 from pseudostream.server.labellog.base import LabelBatch, LabelRecord
 
-__all__ = ["SEGMENT_COLUMNS", "pack", "pack_rows", "unpack", "runs"]
+__all__ = ["SEGMENT_COLUMNS", "nbytes", "pack", "pack_rows", "unpack", "runs"]
 
 # After (topic, first): what pack/pack_rows return, in this order.
 SEGMENT_COLUMNS = ("n", "created_at", "teacher_version", "policy", "ids", "numbers", "samples", "shape", "dtype",
@@ -51,6 +51,11 @@ def pack(batch: LabelBatch, created_at: float) -> tuple:
         samples, shape, dtype = little.tobytes(), json.dumps(list(little.shape[1:])), little.dtype.name
     return (n, created_at, batch.teacher_version, batch.policy, json.dumps([str(i) for i in batch.ids]),
             _numbers(batch.label, scores), samples, shape, dtype, metadata, classes)
+
+
+def nbytes(segment: tuple | None) -> int:
+    """About the bytes a segment adds to the file: its blobs and texts (0 for None)."""
+    return 0 if segment is None else sum(len(v) for v in segment if isinstance(v, (bytes, str)))
 
 
 def pack_rows(rows: Sequence[tuple]) -> tuple:

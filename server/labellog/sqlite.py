@@ -7,6 +7,7 @@ import logging
 import math
 import sqlite3
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
+from pseudostream.server.labellog._checkpoint import BACKSTOP_PAGES, Checkpointer
 from pseudostream.server.labellog._recent import (RecentIndex, expire_decided, load_decided, read_decided,
                                                   write_decided)
-from pseudostream.server.labellog._segments import pack
+from pseudostream.server.labellog._segments import nbytes, pack
 from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, SCHEMA, fetch_records, migrate
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
@@ -55,8 +57,8 @@ class SqliteLabelLog(LabelLog):
 
     Waiting reads wake on an append or release in this process, at the next pending deadline,
     and otherwise poll every ``poll_interval_s`` (which also notices other writers). All SQLite
-    work runs on one dedicated worker thread that owns the only connection; opening blocks the
-    caller while the schema is created. Samples are stored as little-endian C-order bytes.
+    work but WAL checkpoints (own thread and connection, ``_checkpoint``) runs on one worker
+    thread; opening blocks the caller while the schema is created. Samples are little-endian.
     """
 
     def __init__(
@@ -85,10 +87,15 @@ class SqliteLabelLog(LabelLog):
             fut = self._executor.submit(self._guarded, "open", self._open, (synchronous.upper(),))
             self._conn: sqlite3.Connection
             self._recent: RecentIndex  # which idempotency row holds each remembered id (``_recent``)
-            self._conn, self._recent = fut.result()
+            self._conn, wal, self._recent = fut.result()
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
+        # WAL checkpoints run on their own thread, not inside an append (``_checkpoint``); it
+        # ends with close(), or when a log that was never closed is collected.
+        self._checkpointer = Checkpointer(self.path) if wal else None
+        if self._checkpointer is not None:
+            weakref.finalize(self, self._checkpointer.stop)
 
     # ----------------------------------------------------------------- LabelLog interface
 
@@ -217,6 +224,8 @@ class SqliteLabelLog(LabelLog):
         self._closed = True
         loop = asyncio.get_running_loop()
         try:
+            if self._checkpointer is not None:
+                await loop.run_in_executor(None, self._checkpointer.close)
             await loop.run_in_executor(self._executor, self._guarded, "close", self._conn.close, ())
         finally:
             self._executor.shutdown(wait=True)
@@ -241,12 +250,14 @@ class SqliteLabelLog(LabelLog):
         except sqlite3.Error as exc:
             raise PseudostreamError(f"label log {op} failed on {self.path!r}: {exc}") from exc
 
-    def _open(self, synchronous: str) -> tuple[sqlite3.Connection, RecentIndex]:
+    def _open(self, synchronous: str) -> tuple[sqlite3.Connection, bool, RecentIndex]:
         conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                logger.warning("label log %s runs in journal mode %r, not WAL", self.path, mode)
+            wal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal"
+            if wal:
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            else:
+                logger.warning("label log %s does not run in WAL mode", self.path)
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(SCHEMA)
@@ -262,7 +273,7 @@ class SqliteLabelLog(LabelLog):
         except BaseException:
             conn.close()
             raise
-        return conn, recent
+        return conn, wal, recent
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -377,7 +388,10 @@ class SqliteLabelLog(LabelLog):
                 kept = entries(np.arange(first, first + n, dtype=np.int64))
                 expire_decided(self._conn, now)
                 remembered = write_decided(self._conn, topic, kept, now + ttl_s)
+        if self._checkpointer is not None:
+            self._checkpointer.wrote(nbytes(segment) + (0 if entries is None else sum(map(len, kept.values()))))
         return first, remembered
+
 
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():

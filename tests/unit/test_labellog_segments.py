@@ -12,6 +12,7 @@ import pytest
 
 from pseudostream.server.labellog import LabelBatch, SqliteLabelLog
 from pseudostream.server.labellog._rows import batch_rows
+from pseudostream.server.labellog._segments import nbytes, pack
 
 
 def make_batch(n: int, prefix: str = "s", samples: np.ndarray | None = None, **extra) -> LabelBatch:
@@ -96,3 +97,11 @@ async def test_a_file_of_an_earlier_release_is_moved_into_segments(db: Path):
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'records'").fetchone() is None
         assert conn.execute("SELECT first, n FROM segments ORDER BY first").fetchall() == [(2, 3), (5, 3), (8, 2)]
     conn.close()
+
+
+def test_nbytes_counts_a_segments_blobs_and_texts():
+    samples = np.zeros((4, 2, 3), np.float32)
+    segment = pack(make_batch(4, samples=samples), 1.0)
+    texts = [v for v in segment if isinstance(v, (bytes, str))]
+    assert nbytes(segment) == sum(map(len, texts)) > samples.nbytes + 4 * 8  # samples, then labels and scores
+    assert nbytes(None) == 0

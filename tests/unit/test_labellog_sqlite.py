@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import struct
 import threading
@@ -46,6 +47,10 @@ def wal_commits(db: Path) -> int:
 
 def worker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("sqlite-labellog")]
+
+
+def checkpoint_threads(db: Path) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {db}"]
 
 
 @pytest.fixture
@@ -165,7 +170,16 @@ async def test_closed_log_refuses_work_and_stops_its_thread(db: Path):
     await log.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         await log.append("t", make_batch(1))
-    assert worker_threads() == []
+    assert worker_threads() == [] and checkpoint_threads(db) == []
+
+
+def test_a_log_never_closed_stops_its_checkpoint_thread_when_collected(db: Path):
+    log = SqliteLabelLog(db)
+    [thread] = checkpoint_threads(db)
+    del log
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
 async def test_bad_input_is_rejected_before_touching_the_file(db: Path):

@@ -1,0 +1,139 @@
+"""WAL checkpoints of the SQLite log run on their own thread (``_checkpoint``), not in appends."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pseudostream.server.labellog import LabelBatch, SqliteLabelLog
+from pseudostream.server.labellog._checkpoint import BACKSTOP_PAGES, EVERY_BYTES, Checkpointer
+
+
+def wal_file(tmp_path: Path) -> Path:
+    """A WAL-mode database with one table, its connection closed (the WAL stays)."""
+    path = tmp_path / "wal.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(x)")
+    conn.close()
+    return path
+
+
+def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_checkpoint_runs_once_enough_bytes_were_written(tmp_path: Path):
+    path = str(wal_file(tmp_path))
+    cp = Checkpointer(path, every_bytes=100, interval_s=3600)
+    try:
+        cp.wrote(60)
+        time.sleep(0.2)
+        assert cp.runs == 0  # under every_bytes, and the interval is an hour away
+        cp.wrote(60)
+        until(lambda: cp.runs == 1)
+        cp.wrote(99)
+        time.sleep(0.2)
+        assert cp.runs == 1  # the count started again after the checkpoint
+    finally:
+        cp.close()
+    assert not [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {path}"]
+
+
+def test_a_checkpoint_also_runs_every_interval(tmp_path: Path):
+    cp = Checkpointer(str(wal_file(tmp_path)), interval_s=0.05)
+    try:
+        until(lambda: cp.runs >= 3)
+    finally:
+        cp.close()
+
+
+async def test_the_logs_appends_are_checkpointed_by_the_background_thread(tmp_path: Path):
+    """Two appends of 3 MB of samples: the writer's own checkpoint is far off (BACKSTOP_PAGES),
+    yet the pages reach the database file, copied there by the checkpoint thread."""
+    db = tmp_path / "labels.db"
+    n = 256
+    samples = np.random.default_rng(0).random((n, 3, 32, 32), dtype=np.float32)
+    async with SqliteLabelLog(db) as log:
+        assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_PAGES
+        for k in range(2):
+            await log.append("t", LabelBatch(
+                ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
+                confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
+                threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed", samples=samples))
+        assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_PAGES * 4096
+        checkpointer = log._checkpointer
+        assert checkpointer is not None
+        for _ in range(1000):
+            if checkpointer.runs and db.stat().st_size > 2 * samples.nbytes:
+                break
+            await asyncio.sleep(0.01)
+        assert checkpointer.runs >= 1 and db.stat().st_size > 2 * samples.nbytes
+    assert not [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {db}"]
+    async with SqliteLabelLog(db) as log:
+        assert await log.end_offset("t") == 2 * n
+        [record] = await log.get("t", [n + 5])
+        np.testing.assert_array_equal(record.sample_array(), samples[5])
+
+
+def test_a_file_it_cannot_open_leaves_a_warning_not_a_dead_thread(tmp_path: Path, caplog):
+    path = str(tmp_path / "missing" / "labels.db")
+    with caplog.at_level("WARNING", logger="pseudostream.server.labellog._checkpoint"):
+        cp = Checkpointer(path)
+        cp._thread.join(timeout=10)
+    assert not cp._thread.is_alive() and cp.runs == 0
+    assert "no background checkpoints" in caplog.text and f"every {BACKSTOP_PAGES} pages" in caplog.text
+    cp.close()  # still fine to close
+
+
+def test_a_checkpoint_passes_again_until_no_frame_is_left_so_the_wal_starts_over(tmp_path: Path):
+    """The pass that copies is followed by one that finds nothing new; the next commit then
+    writes from the start of the WAL instead of after every frame written so far."""
+    path = str(wal_file(tmp_path))
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for _ in range(50):
+            writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+        cp._checkpoint(conn)
+        assert (cp.runs, cp.passes) == (1, 2) and cp.frames > 50
+        writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+        cp._checkpoint(conn)
+        assert cp.frames < 10  # that one commit's frames, at the start of the WAL
+    finally:
+        conn.close()
+        writer.close()
+        cp.close()
+
+
+async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
+    """Appends every few ms, as a busy service makes them: the WAL is copied and started over
+    every EVERY_BYTES or so, not grown to the writer's backstop."""
+    db = tmp_path / "labels.db"
+    n = 256
+    samples = np.random.default_rng(0).random((n, 1, 8, 8), dtype=np.float32)
+    async with SqliteLabelLog(db) as log:
+        checkpointer = log._checkpointer
+        assert checkpointer is not None
+        frames = []
+        k = 0
+        while checkpointer.runs < 6:
+            await log.append("t", LabelBatch(
+                ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
+                confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
+                threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed", samples=samples))
+            frames.append(checkpointer.frames)
+            k += 1
+            assert k < 5000, "checkpoints did not run"
+            await asyncio.sleep(0.005)
+    assert max(frames) < 3 * EVERY_BYTES // 4096, max(frames)  # 64 MB at the backstop
