@@ -3,7 +3,7 @@
 SQLite's automatic checkpoint runs inside the commit that crosses ``wal_autocheckpoint`` pages
 (1000 by default): every ~50th append of a batch of 128 digits with its samples copied about
 4 MB of WAL into the database and waited for its fsyncs, 6-8 ms against a 0.14 ms median
-append, about 45% of the log thread's time. SQLite's WAL documentation (sqlite.org/wal.html,
+append on one machine (about 45% of the log thread's time), 13-15 ms on another. SQLite's WAL documentation (sqlite.org/wal.html,
 "Automatic Checkpoint") lets applications "turn off the automatic checkpoints and run
 checkpoints during idle moments or in a separate thread or process"; a PASSIVE checkpoint
 never blocks the writer.
@@ -15,9 +15,10 @@ automatic checkpoint at ``BACKSTOP_PAGES``, so the WAL stays bounded should this
 The WAL starts over from its beginning only when a write begins after a checkpoint copied all
 of it. Under steady appends a checkpoint of 4 MB rarely ends between two commits, so each one
 leaves the frames committed while it ran, and the WAL grew to the backstop (64 MB, where one
-append pays for a checkpoint). A checkpoint that leaves frames is therefore run again at once,
-up to ``CATCH_UP`` times: the frames left are a commit or two, copied in well under a commit's
-interval, so the next write starts the WAL over.
+append pays for a checkpoint). A checkpoint is therefore run again at once until a pass finds
+no frame beyond those the pass before copied (``CATCH_UP`` passes at most): the frames left
+after the first pass are a commit or two, copied in well under a commit's interval, so the next
+write starts the WAL over.
 """
 
 from __future__ import annotations
