@@ -173,22 +173,26 @@ async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: ben
     with ServiceProcess(work, run.teacher, ort_teacher(kind, teacher_dir, args), topic_config(kind)) as svc:
         metrics = (svc.metrics_url, *SERVICE_METRICS)
         before = run_for(best, best_x, seconds / 2)
-        for n in args.ns:
+
+        async def bracketed(n: int, callers: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            """A window of ``callers`` on ``n`` streams, then raw ORT: (the window, its limit:
+            raw ORT right after it, samples/s the mean of the runs before and after)."""
+            nonlocal before
             async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
-                run.service[n] = await window(load, n, seconds, [svc.pid], metrics, warmup_s=seconds / 4)
+                w = await window(load, callers, seconds, [svc.pid], metrics, warmup_s=seconds / 4)
             after = run_for(best, best_x, seconds / 2)
             rates = [before["samples_per_s"], after["samples_per_s"]]
-            run.ort_after[n] = {**after, "samples_per_s": round(sum(rates) / 2, 1), "before_after": rates}
             before = after
+            return w, {**after, "samples_per_s": round(sum(rates) / 2, 1), "before_after": rates}
+
+        for n in args.ns:
+            run.service[n], run.ort_after[n] = await bracketed(n, n)
             log.info("%s N=%d service %s | raw ORT %s", kind, n, run.service[n], run.ort_after[n])
         if args.in_flight > 1:
             n = 4 if 4 in args.ns else max(args.ns)
-            async with ServiceLoad(svc.target, TOPIC, x, streams=n) as load:
-                w = await window(load, n * args.in_flight, seconds, [svc.pid], metrics, warmup_s=seconds / 4)
-            after = run_for(best, best_x, seconds / 2)
-            rates = [before["samples_per_s"], after["samples_per_s"]]
+            w, limit = await bracketed(n, n * args.in_flight)
             run.pipelined = {"producers": n, "in_flight": args.in_flight, **w,
-                             "ort_samples_per_s": round(sum(rates) / 2, 1), "ort_before_after": rates}
+                             "ort_samples_per_s": limit["samples_per_s"], "ort_before_after": limit["before_after"]}
             log.info("%s N=%d, %d in flight each: service %s", kind, n, args.in_flight, w)
         peak = max(w["samples_per_s"] for w in run.service.values())
         async with ServiceLoad(svc.target, TOPIC, x, streams=4) as load:

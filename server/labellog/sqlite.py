@@ -381,15 +381,16 @@ class SqliteLabelLog(LabelLog):
         """The records' first offset, and the (row, ids) the idempotency entries went to."""
         segment = pack(batch, now) if batch is not None else None  # built here, off the event loop
         n = 0 if segment is None else segment[0]
-        remembered = None
+        remembered, written = None, nbytes(segment)
         with self._transaction():
             first = self._append_segment(topic, segment) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
                 kept = entries(np.arange(first, first + n, dtype=np.int64))
                 expire_decided(self._conn, now)
                 remembered = write_decided(self._conn, topic, kept, now + ttl_s)
+                written += sum(map(len, kept.values()))
         if self._checkpointer is not None:
-            self._checkpointer.wrote(nbytes(segment) + (0 if entries is None else sum(map(len, kept.values()))))
+            self._checkpointer.wrote(written)
         return first, remembered
 
 

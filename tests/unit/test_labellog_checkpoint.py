@@ -24,6 +24,15 @@ def wal_file(tmp_path: Path) -> Path:
     return path
 
 
+def accepted_all(k: int, samples: np.ndarray) -> LabelBatch:
+    """Batch ``k``: every row of ``samples`` accepted, ids ``k-i``."""
+    n = len(samples)
+    return LabelBatch(ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
+                      confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
+                      threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed",
+                      samples=samples)
+
+
 def until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -65,10 +74,7 @@ async def test_the_logs_appends_are_checkpointed_by_the_background_thread(tmp_pa
     async with SqliteLabelLog(db) as log:
         assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_PAGES
         for k in range(2):
-            await log.append("t", LabelBatch(
-                ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
-                confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
-                threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed", samples=samples))
+            await log.append("t", accepted_all(k, samples))
         assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_PAGES * 4096
         checkpointer = log._checkpointer
         assert checkpointer is not None
@@ -128,10 +134,7 @@ async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
         frames = []
         k = 0
         while checkpointer.runs < 6:
-            await log.append("t", LabelBatch(
-                ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
-                confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
-                threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed", samples=samples))
+            await log.append("t", accepted_all(k, samples))
             frames.append(checkpointer.frames)
             k += 1
             assert k < 5000, "checkpoints did not run"
