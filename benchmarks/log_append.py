@@ -25,6 +25,7 @@ WARMUP = 50
 
 
 def batch(k: int, samples: np.ndarray) -> LabelBatch:
+    """Batch ``k``: every row of ``samples`` accepted, with ids ``k-0``, ``k-1``, ..."""
     n = len(samples)
     return LabelBatch(ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
                       confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),

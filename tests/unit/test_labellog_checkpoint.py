@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pseudostream.server.labellog import LabelBatch, SqliteLabelLog
+from pseudostream.benchmarks.log_append import batch  # a batch of accepted samples, ids k-i
+from pseudostream.server.labellog import SqliteLabelLog
 from pseudostream.server.labellog._checkpoint import BACKSTOP_PAGES, EVERY_BYTES, Checkpointer
 
 
@@ -22,15 +23,6 @@ def wal_file(tmp_path: Path) -> Path:
     conn.execute("CREATE TABLE t(x)")
     conn.close()
     return path
-
-
-def accepted_all(k: int, samples: np.ndarray) -> LabelBatch:
-    """Batch ``k``: every row of ``samples`` accepted, ids ``k-i``."""
-    n = len(samples)
-    return LabelBatch(ids=[f"{k}-{i}" for i in range(n)], label=np.zeros(n, np.int64),
-                      confidence=np.ones(n, np.float32), weight=np.ones(n, np.float32),
-                      threshold=np.zeros(n, np.float32), teacher_version="v1", policy="fixed",
-                      samples=samples)
 
 
 def until(condition, timeout: float = 10.0) -> None:
@@ -74,7 +66,7 @@ async def test_the_logs_appends_are_checkpointed_by_the_background_thread(tmp_pa
     async with SqliteLabelLog(db) as log:
         assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_PAGES
         for k in range(2):
-            await log.append("t", accepted_all(k, samples))
+            await log.append("t", batch(k, samples))
         assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_PAGES * 4096
         checkpointer = log._checkpointer
         assert checkpointer is not None
@@ -134,7 +126,7 @@ async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
         frames = []
         k = 0
         while checkpointer.runs < 6:
-            await log.append("t", accepted_all(k, samples))
+            await log.append("t", batch(k, samples))
             frames.append(checkpointer.frames)
             k += 1
             assert k < 5000, "checkpoints did not run"
