@@ -95,22 +95,34 @@ async def test_triton_killed_mid_stream_answers_unavailable_and_recovers(make_co
     async with LabelingServer(config) as server:
         async with AsyncLabelerClient(server.address) as client:
             accepted: list[int] = []
-            answered = 0
+            answered = sent = 0
             killed = False
+            stream_over = asyncio.Event()
 
             async def requests():
-                nonlocal killed
+                nonlocal killed, sent
                 for r in range(400):
-                    if answered >= 5 and not killed:  # kill once answers are flowing
+                    if answered >= 5:  # kill once answers are flowing, with none in flight
+                        while answered < sent:
+                            await asyncio.sleep(0.005)
                         triton.kill()
                         killed = True
+                        yield make_label_request("digits", x, [f"k{r}-{i}" for i in range(8)])
+                        # Nothing more is written: a write that meets the stream's end makes
+                        # grpc.aio report its own INTERNAL error in place of the server's status.
+                        await stream_over.wait()
+                        return
                     yield make_label_request("digits", x, [f"k{r}-{i}" for i in range(8)])
+                    sent += 1
                     await asyncio.sleep(0.01)
 
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                async for result in client.label_stream(requests(), timeout=60):
-                    accepted.extend(result.offset[result.accepted].tolist())
-                    answered += 1
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for result in client.label_stream(requests(), timeout=60):
+                        accepted.extend(result.offset[result.accepted].tolist())
+                        answered += 1
+            finally:
+                stream_over.set()
             assert killed and info.value.code() == grpc.StatusCode.UNAVAILABLE
             await asyncio.sleep(1.5)  # the readiness watcher notices
             assert await _health(server.address) == "NOT_SERVING"
