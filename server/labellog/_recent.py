@@ -39,18 +39,35 @@ CREATE INDEX IF NOT EXISTS decided_by_expiry ON decided(expires);
 _INSERT = "INSERT INTO decided(topic, expires, ids, blobs, ends) VALUES (?, ?, ?, ?, ?)"
 
 
+# The index is split by id hash into this many dicts per topic. A dict that outgrows its table
+# copies every entry into one twice the size, holding the GIL: one dict of 1.4M ids stalled the
+# event loop 60 ms, 4M ids 140 ms (benchmarks/recent_index.py), and the default 600 s window at
+# 40k samples/s remembers 24M. Each shard holds a 64th and grows on its own; more shards cost
+# the event loop more per id (1024 of them: about 2 ms more CPU per 1,000 samples in the light
+# service_load, within noise at 64).
+SHARDS = 64
+_MASK = SHARDS - 1
+
+
 class RecentIndex:
     """Per topic, the ``decided`` row that holds each unexpired sample id (the newest, when an id
     was remembered twice). Used from one thread (the log's event loop); rows are added once
-    their transaction has committed, so every row it names is in the file."""
+    their transaction has committed, so every row it names is in the file. The ids of a topic
+    are spread over ``SHARDS`` dicts by hash, so that growing the index never copies more than
+    a shard's share of it at once."""
 
     def __init__(self) -> None:
-        self._where: dict[str, dict[str, int]] = {}
+        self._where: dict[str, list[dict[str, int]]] = {}
         self._expiry: list[tuple[float, int, str, list[str]]] = []  # a heap: (expires, row, topic, ids)
 
     def add(self, topic: str, row: int, ids: list[str], expires: float) -> None:
         """``ids`` are in ``row`` until ``expires`` (unix seconds)."""
-        self._where.setdefault(topic, {}).update(zip(ids, itertools.repeat(row)))
+        shards = self._where.get(topic)
+        if shards is None:
+            shards = self._where[topic] = [{} for _ in range(SHARDS)]
+        mask = _MASK
+        for sid in ids:
+            shards[hash(sid) & mask][sid] = row
         heapq.heappush(self._expiry, (expires, row, topic, ids))
 
     def purge(self, now: float) -> None:
@@ -58,26 +75,31 @@ class RecentIndex:
         heap = self._expiry
         while heap and heap[0][0] <= now:
             _, row, topic, ids = heapq.heappop(heap)
-            where = self._where[topic]
+            shards = self._where[topic]
             for sid in ids:
-                if where.get(sid) == row:  # not remembered again in a later row
-                    del where[sid]
-            if not where:
-                del self._where[topic]
+                shard = shards[hash(sid) & _MASK]
+                if shard.get(sid) == row:  # not remembered again in a later row
+                    del shard[sid]
 
     def find(self, topic: str, ids: Iterable[str], now: float) -> dict[int, set[str]]:
         """The rows holding any of ``ids``, with the ids each one holds; {} when none does."""
         self.purge(now)
-        where = self._where.get(topic)
-        if not where:
+        shards = self._where.get(topic)
+        if shards is None:
             return {}
+        mask = _MASK
+        hits = [(sid, row) for sid in ids if (row := shards[hash(sid) & mask].get(sid)) is not None]
         rows: dict[int, set[str]] = {}
-        for sid in where.keys() & set(ids):
-            rows.setdefault(where[sid], set()).add(sid)
+        for sid, row in hits:
+            rows.setdefault(row, set()).add(sid)
         return rows
 
+    def largest_shard(self) -> int:
+        """Ids in the fullest shard of any topic: the most one growth step may copy."""
+        return max((len(d) for shards in self._where.values() for d in shards), default=0)
+
     def __len__(self) -> int:
-        return sum(map(len, self._where.values()))
+        return sum(len(d) for shards in self._where.values() for d in shards)
 
 
 def expire_decided(conn: sqlite3.Connection, now: float) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pseudostream.server.labellog import LabelBatch, SqliteLabelLog
-from pseudostream.server.labellog._recent import RecentIndex
+from pseudostream.server.labellog._recent import SHARDS, RecentIndex
 
 
 def make_batch(n: int, prefix: str = "s") -> LabelBatch:
@@ -46,6 +46,18 @@ def test_index_finds_the_newest_row_of_an_id_and_forgets_rows_as_they_expire():
     assert index.find("t", ["a", "b", "z"], now=10.0) == {2: {"b"}}  # rows 1 and 3 expired, b kept by row 2
     assert index.find("u", ["a"], now=10.0) == {4: {"a"}}
     assert index.find("t", ["b", "c"], now=30.0) == {} and len(index) == 0
+
+
+def test_index_spreads_a_topic_over_its_shards_so_no_growth_copies_more_than_a_share():
+    index = RecentIndex()
+    for row in range(256):  # 32768 ids in batches of 128, as the service remembers them
+        index.add("t", row, [f"b{row}-{j}" for j in range(128)], expires=60.0)
+    assert len(index) == 32768
+    # Uniform by hash: about 512 per shard; one dict would hold (and copy) all 32768.
+    assert index.largest_shard() < 2 * 32768 // SHARDS
+    found = index.find("t", ["b7-3", "b200-127", "b255-0", "nope"], now=0.0)
+    assert found == {7: {"b7-3"}, 200: {"b200-127"}, 255: {"b255-0"}}
+    assert index.find("t", ["b1-1"], now=60.0) == {} and len(index) == 0 and index.largest_shard() == 0
 
 
 async def test_a_remembered_batch_is_one_row_and_its_entries_survive_a_restart(db: Path):
