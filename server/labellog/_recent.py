@@ -6,10 +6,10 @@ on its expiry: every labeled batch inserted 128 random keys into two B-trees, mo
 append's time, and every batch's recall probed the primary key 128 times on the log's only
 thread, where it queued behind the appends. Now a batch's entries are one row (the ids as a
 JSON list, the blobs end to end with their end positions) appended at the end of a rowid table;
-the expiry index holds one entry per batch. Which row holds an id is kept in a dict per topic,
-rebuilt from the unexpired rows when the file is opened, so a recall of ids nobody remembers
-(the common case: fresh samples) is answered without touching the file, and only hits read
-their row's blobs.
+the expiry index holds one entry per batch. Which row holds an id is kept in memory per topic
+(``RecentIndex``: dicts by id hash), rebuilt from the unexpired rows when the file is opened, so
+a recall of ids nobody remembers (the common case: fresh samples) is answered without touching
+the file, and only hits read their row's blobs.
 
 Memory: the index holds the id strings and a dict entry per remembered id: about 125 bytes per
 36-character id, 31 of them beyond the string (tracemalloc over 256k uuid4 ids), the same order
