@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"ids": batches * args.batch, "batch": args.batch}
     for name, s in stats.items():
         result[name] = {"us_per_batch": round(s["seconds"] / batches * 1e6, 1),
-                        "longest_add_ms": round(s["longest_add_s"] * 1e3, 2),
+                        "longest_add_ms": round(s["longest_add_s"] * 1e3, 3),
                         "adds_over_5_ms": s["adds_over_5_ms"]}
     result["sharded"]["largest_shard"] = indexes["sharded"].largest_shard()
     print(json.dumps(result, indent=1))
