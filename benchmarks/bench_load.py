@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import secrets
 import time
 import urllib.request
 from typing import Any, Awaitable, Callable, Sequence
@@ -70,10 +69,6 @@ class ServiceLoad:
         self._outbox: list[asyncio.Queue] = [asyncio.Queue() for _ in range(streams)]
         self._waiting: list[asyncio.Queue] = [asyncio.Queue() for _ in range(streams)]
         self._readers: list[asyncio.Task] = []
-        # Ids unique to this load: a service keeps deciding the same ids as duplicates (its
-        # idempotency window replays the first decision), so a second load on the same service
-        # that counted from 0 again would measure replays, not fresh samples.
-        self._prefix, self._ids = secrets.token_hex(4), itertools.count()
 
     async def __aenter__(self) -> "ServiceLoad":
         for k, client in enumerate(self._clients):
@@ -94,10 +89,11 @@ class ServiceLoad:
 
     async def call(self, k: int) -> int:
         k %= self.streams
-        i = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[k].put_nowait(answer)
-        self._outbox[k].put_nowait(make_label_request(self.topic, self.x, [f"{self._prefix}-{i}-{j}" for j in range(len(self.x))]))
+        # The client's own ids, fresh for every request in every load: ids the service has
+        # decided before would be idempotent replays, not labeling.
+        self._outbox[k].put_nowait(make_label_request(self.topic, self.x))
         return await answer
 
     async def __aexit__(self, *exc: object) -> None:

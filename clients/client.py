@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import secrets
 from typing import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 
 import grpc
@@ -18,6 +19,10 @@ from pseudostream.server.labellog.base import LabelRecord
 
 __all__ = ["AsyncLabelerClient", "make_label_request", "record_from_proto"]
 
+# Ids for samples sent without any: this process's random prefix and a counter, so that two
+# producers (or one restarted) never send the same id for different samples: within a topic's
+# idempotency window the service would answer the second with the first one's decision.
+_ID_PREFIX = f"s{secrets.token_hex(6)}-"
 _ids = itertools.count()
 
 
@@ -29,7 +34,7 @@ def make_label_request(topic: str, inputs: np.ndarray, ids: Sequence[str] | None
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     if ids is None:
-        ids = [f"s{next(_ids)}" for _ in range(a.shape[0])]
+        ids = [f"{_ID_PREFIX}{next(_ids)}" for _ in range(a.shape[0])]
     request = pb.LabelRequest(topic=topic, ids=list(ids), request_id=request_id,
                               inputs=pb.Tensor(data=a.tobytes(), shape=list(a.shape), dtype=a.dtype.name))
     if metadata:

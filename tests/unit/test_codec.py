@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -33,6 +36,17 @@ def test_valid_request_decodes_with_metadata():
     parsed = decode_label_request(req, TEACHER, max_sample_bytes=1024)
     assert parsed.ids == ["a", "b"] and parsed.metadata == [{"k": "1"}, {}]
     assert parsed.inputs.shape == (2, 3)
+
+
+def test_ids_made_for_samples_sent_without_any_never_repeat_across_producers():
+    """Two producer processes labeling without ids (or one, restarted) must not send the same
+    id for different samples: the service would answer the second with the first's decision."""
+    code = ("import numpy as np; from pseudostream.clients.client import make_label_request as m; "
+            "x = np.zeros((3, 2), np.float32); print(' '.join(list(m('t', x).ids) + list(m('t', x).ids)))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            .stdout.split() for _ in range(2)]
+    assert all(len(set(ids)) == 6 for ids in runs)  # unique within a process
+    assert not set(runs[0]) & set(runs[1])  # and across processes
 
 
 @pytest.mark.parametrize(
