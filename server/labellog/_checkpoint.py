@@ -3,10 +3,10 @@
 SQLite's automatic checkpoint runs inside the commit that crosses ``wal_autocheckpoint`` pages
 (1000 by default): every ~50th append of a batch of 128 digits with its samples copied about
 4 MB of WAL into the database and waited for its fsyncs, 6-8 ms against a 0.14 ms median
-append on one machine (about 45% of the log thread's time), 13-15 ms on another. SQLite's WAL documentation (sqlite.org/wal.html,
-"Automatic Checkpoint") lets applications "turn off the automatic checkpoints and run
-checkpoints during idle moments or in a separate thread or process"; a PASSIVE checkpoint
-never blocks the writer.
+append on one machine (about 45% of the log thread's time), 13-15 ms on another. SQLite's WAL
+documentation (sqlite.org/wal.html, "Automatic Checkpoint") lets applications "turn off the
+automatic checkpoints and run checkpoints during idle moments or in a separate thread or
+process"; a PASSIVE checkpoint never blocks the writer.
 
 ``Checkpointer.wrote(n)`` is told the bytes each append added; past ``every_bytes`` it wakes
 its thread, which runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection. It also runs

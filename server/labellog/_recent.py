@@ -65,9 +65,8 @@ class RecentIndex:
         shards = self._where.get(topic)
         if shards is None:
             shards = self._where[topic] = [{} for _ in range(SHARDS)]
-        mask = _MASK
         for sid in ids:
-            shards[hash(sid) & mask][sid] = row
+            shards[hash(sid) & _MASK][sid] = row
         heapq.heappush(self._expiry, (expires, row, topic, ids))
 
     def purge(self, now: float) -> None:
@@ -87,11 +86,11 @@ class RecentIndex:
         shards = self._where.get(topic)
         if shards is None:
             return {}
-        mask = _MASK
-        hits = [(sid, row) for sid in ids if (row := shards[hash(sid) & mask].get(sid)) is not None]
         rows: dict[int, set[str]] = {}
-        for sid, row in hits:
-            rows.setdefault(row, set()).add(sid)
+        for sid in ids:
+            row = shards[hash(sid) & _MASK].get(sid)
+            if row is not None:
+                rows.setdefault(row, set()).add(sid)
         return rows
 
     def largest_shard(self) -> int:
