@@ -65,6 +65,10 @@ class TeacherConfig(_Strict):
                                    "fastest with one worker per core and intra_op_threads 1)")
     spin_wait: bool = Field(False, description="onnxruntime: idle intra-op threads busy-wait for "
                             "work (ORT's own default; costs cores the event loop needs)")
+    split_min_rows: int = Field(8, ge=0, description="onnxruntime with several inference_workers: "
+                                "a batch that finds k >= 2 workers idle runs as k parts at once, each "
+                                "of at least this many rows, so a lone batch at low load takes a "
+                                "fraction of its time (0: never split)")
     max_batch: int = Field(128, ge=1, description="most samples per inference batch")
     max_delay_ms: float = Field(5.0, ge=0, description="longest wait to fill a batch")
     adaptive_delay: bool = Field(True, description="cut a partial batch at once when the teacher "

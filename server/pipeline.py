@@ -79,8 +79,10 @@ class TeacherPipeline:
             await self._teacher_free.wait_for(self.teacher_idle)
 
     def teacher_idle(self) -> bool:
-        """Whether the backend has a free worker now (the MicroBatcher's adaptive delay)."""
-        return self._inferring < self.backend.concurrency
+        """Whether the backend has a free worker now (the MicroBatcher's adaptive delay). With
+        no batch of ours in inference it is free: whatever else runs there (the start-up cost
+        probe) ends without notifying the gate, and a batch cut now queues behind it."""
+        return self._inferring == 0 or self.backend.workers_busy(self._inferring) < self.backend.concurrency
 
     def inference_s(self) -> float:
         """Recent seconds per batch inference, weighted toward the last ones (inf before any)."""
@@ -201,7 +203,7 @@ class TeacherPipeline:
             raise
         took = time.perf_counter() - started
         self._inference_s = took if self._inference_s == float("inf") else 0.8 * self._inference_s + 0.2 * took
-        self.cost.observe(x.shape[0], took)
+        self.cost.observe(-(-x.shape[0] // out.parts), took)  # split: the parts ran side by side
         self.metrics.inference_latency.labels(self.name).observe(took)
         self.metrics.batch_size.labels(self.name).observe(x.shape[0])
         return out

@@ -19,6 +19,7 @@ def make_backend(config: TeacherConfig) -> TeacherBackend:
             providers=config.providers,
             workers=config.inference_workers,
             spin=config.spin_wait,
+            split_min_rows=config.split_min_rows,
         )
     if config.backend == "triton":
         from pseudostream.server.backends.triton import TritonBackend  # the [triton] extra

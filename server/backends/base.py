@@ -39,6 +39,7 @@ class TeacherOutput:
     features: np.ndarray | None  # [B, F] penultimate features, when the model exports them
     teacher_version: str
     temperature: float = 1.0  # the calibration temperature of that version
+    parts: int = 1  # the batch ran as this many parts at once (a backend that splits over idle workers)
 
 
 class TeacherBackend(ABC):
@@ -70,8 +71,13 @@ class TeacherBackend(ABC):
     @property
     def concurrency(self) -> int:
         """Batches this backend runs at once (the pipeline cuts a partial batch only while fewer
-        are in inference)."""
+        workers are busy)."""
         return 1
+
+    def workers_busy(self, batches: int) -> int:
+        """Workers busy while ``batches`` batches are in inference: one each, unless the backend
+        runs a batch over several idle workers (then it counts them itself)."""
+        return batches
 
     @abstractmethod
     async def rollback(self, version: str) -> str:

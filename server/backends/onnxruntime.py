@@ -56,6 +56,10 @@ class OnnxRuntimeBackend(TeacherBackend):
     the spinning threads take the cores from the event loop and the label log, so it is off
     unless asked for. ``providers`` picks execution providers in
     order of preference; those ONNX Runtime does not offer here are skipped (CPU always remains).
+
+    ``split_min_rows`` (with several workers): a batch that finds k >= 2 workers idle runs as k
+    parts side by side, each of at least that many rows (0: never split). At low load a lone
+    batch then takes a fraction of its time; under load no worker is idle and nothing changes.
     """
 
     def __init__(
@@ -66,14 +70,19 @@ class OnnxRuntimeBackend(TeacherBackend):
         providers: list[str] | None = None,
         workers: int = 1,
         spin: bool = False,
+        split_min_rows: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if split_min_rows < 0:
+            raise ValueError(f"split_min_rows must be >= 0, got {split_min_rows}")
         self._model_dir = Path(model_dir)
         self._intra_op_threads = intra_op_threads
         self._providers = providers
         self._workers = workers
         self._spin = spin
+        self._split_min_rows = split_min_rows
+        self._busy = 0  # workers running a batch or a part of one (changed on the event loop)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort-infer")
         self._loaded: _Loaded | None = None
         self._dirs: dict[str, Path] = {}  # version -> model folder, for rollback
@@ -87,6 +96,9 @@ class OnnxRuntimeBackend(TeacherBackend):
     @property
     def concurrency(self) -> int:
         return self._workers
+
+    def workers_busy(self, batches: int) -> int:
+        return max(batches, self._busy)  # a batch not yet here holds a worker too
 
     @property
     def providers(self) -> list[str]:
@@ -161,7 +173,26 @@ class OnnxRuntimeBackend(TeacherBackend):
         if loaded is None:
             raise TeacherUnavailable(f"teacher in {self._model_dir} is not started")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, loaded, batch)
+        parts = self._parts(batch.shape[0])
+        self._busy += parts
+        try:
+            if parts == 1:
+                return await loop.run_in_executor(self._executor, self._run, loaded, batch)
+            outs = await asyncio.gather(*(loop.run_in_executor(self._executor, self._run, loaded, part)
+                                          for part in np.array_split(batch, parts)),
+                                        return_exceptions=True)  # every part done before busy drops
+        finally:
+            self._busy -= parts
+        failed = next((o for o in outs if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return _joined(outs)
+
+    def _parts(self, rows: int) -> int:
+        """How many parts a batch of ``rows`` runs as: one per idle worker, within the minimum."""
+        if self._split_min_rows == 0:
+            return 1
+        return max(1, min(self._workers - self._busy, rows // self._split_min_rows))
 
     @staticmethod
     def _run(loaded: _Loaded, batch: np.ndarray) -> TeacherOutput:
@@ -177,3 +208,11 @@ class OnnxRuntimeBackend(TeacherBackend):
     async def close(self) -> None:
         self._loaded = None
         self._executor.shutdown(wait=True)
+
+
+def _joined(outs: list[TeacherOutput]) -> TeacherOutput:
+    """The parts of one split batch as the one output, rows in order."""
+    first = outs[0]
+    features = None if first.features is None else np.concatenate([o.features for o in outs])
+    return dataclasses.replace(first, logits=np.concatenate([o.logits for o in outs]), features=features,
+                               parts=len(outs))

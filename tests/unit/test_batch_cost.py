@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,6 +61,22 @@ async def test_probe_times_each_size_on_zero_batches_of_the_teacher_shape():
     await probe_batch_cost(cost, infer, (3, 4), np.dtype(np.float32), sizes=(1, 16), repeats=2)
     assert shapes == [((1, 3, 4), np.float32, 0.0)] * 3 + [((16, 3, 4), np.float32, 0.0)] * 2
     assert cost.overhead_s() is not None
+
+
+async def test_probe_records_a_split_batch_at_the_rows_of_its_parts():
+    """A backend that ran the 16 as two parts side by side: the time is that of 8 rows."""
+    sizes = []
+
+    class Recording(BatchCost):
+        def observe(self, size: int, seconds: float) -> None:
+            sizes.append(size)
+            super().observe(size, seconds)
+
+    async def infer(x: np.ndarray) -> SimpleNamespace:
+        return SimpleNamespace(parts=2 if len(x) >= 16 else 1)
+
+    await probe_batch_cost(Recording(), infer, (2,), np.dtype(np.float32), sizes=(1, 16), repeats=2)
+    assert sizes == [1, 8]
 
 
 async def test_a_failing_probe_leaves_the_model_empty_and_says_so(caplog):
