@@ -80,9 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heavy-layout", default=f"{cores}x1",
                    help="the same, heavy teacher (a lone batch runs split over the idle workers, so it "
                         "takes about what one run over every core takes)")
-    p.add_argument("--split-min-rows", type=int, default=None,
-                   help="the service's split_min_rows (default: the config's, 8; 0 never splits a batch "
-                        "over idle workers)")
+    p.add_argument("--split-min-rows", type=int, default=TeacherConfig.model_fields["split_min_rows"].default,
+                   help="the service's split_min_rows (default: the config's; 0 never splits a batch over "
+                        "idle workers)")
     p.add_argument("--in-flight", type=int, default=2,
                    help="requests each producer keeps in flight in the pipelined window, run at 4 producers "
                         "(or the most of --producers without 4); 1 skips it")
@@ -128,8 +128,7 @@ def ort_teacher(kind: str, model_dir: Path, args: argparse.Namespace) -> dict[st
     return {"backend": "onnxruntime", "model_dir": str(model_dir), "max_batch": args.max_batches[kind],
             "max_delay_ms": args.max_delay_ms, "intra_op_threads": threads,
             "inference_workers": workers,
-            "adaptive_delay": not args.fixed_delay,
-            **({} if args.split_min_rows is None else {"split_min_rows": args.split_min_rows})}
+            "adaptive_delay": not args.fixed_delay, "split_min_rows": args.split_min_rows}
 
 
 def quantize_phase(kind: str, teacher_dir: Path, work: Path, run: bench_report.TeacherRun) -> dict[str, Path]:
@@ -327,8 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "seconds_heavy": HEAVY_WINDOWS * args.seconds, "max_batch": {k: args.max_batches[k] for k in args.kinds},
              "profile_batch": args.profile_batch, "max_delay_ms": args.max_delay_ms, "ort_threads": args.threads,
              "service_layouts": {k: "x".join(map(str, v)) for k, v in args.layouts.items()},
-             "split_min_rows": args.split_min_rows if args.split_min_rows is not None else
-             TeacherConfig.model_fields["split_min_rows"].default,
+             "split_min_rows": args.split_min_rows,
              "triton_queue_delay_us": args.triton_queue_delay_us, "triton_pipeline_depth": TRITON_PIPELINE_DEPTH,
              "adaptive_delay": not args.fixed_delay, "pipelined_in_flight": args.in_flight,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},

@@ -86,7 +86,7 @@ async def probe_batch_cost(cost: BatchCost, infer: Callable[[np.ndarray], Awaita
                 out = await infer(x)
                 took.append(time.perf_counter() - started)
                 # A backend that split the batch over idle workers ran parts of this many rows.
-                rows = -(-size // getattr(out, "parts", 1))
+                rows = getattr(out, "part_rows", size)
             cost.observe(rows, float(np.median(took)))
 
     try:

@@ -41,6 +41,11 @@ class TeacherOutput:
     temperature: float = 1.0  # the calibration temperature of that version
     parts: int = 1  # the batch ran as this many parts at once (a backend that splits over idle workers)
 
+    @property
+    def part_rows(self) -> int:
+        """Rows of the largest part: the batch size its inference time belongs to."""
+        return -(-self.logits.shape[0] // self.parts)
+
 
 class TeacherBackend(ABC):
     """Runs one teacher. Implementations: ONNX Runtime in-process (the embedded default),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from pseudostream.server.backends.base import TeacherOutput
 from pseudostream.server.batch_cost import BatchCost, probe_batch_cost
 
 
@@ -72,8 +72,8 @@ async def test_probe_records_a_split_batch_at_the_rows_of_its_parts():
             sizes.append(size)
             super().observe(size, seconds)
 
-    async def infer(x: np.ndarray) -> SimpleNamespace:
-        return SimpleNamespace(parts=2 if len(x) >= 16 else 1)
+    async def infer(x: np.ndarray) -> TeacherOutput:
+        return TeacherOutput(np.zeros((len(x), 3), np.float32), None, "1", parts=2 if len(x) >= 16 else 1)
 
     await probe_batch_cost(Recording(), infer, (2,), np.dtype(np.float32), sizes=(1, 16), repeats=2)
     assert sizes == [1, 8]
