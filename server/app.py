@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Callable
@@ -143,6 +144,11 @@ async def serve_forever(config: ServiceConfig,
         loop.add_signal_handler(sig, stop.set)
     server = LabelingServer(config)
     await server.start()
+    # What start-up made (modules, the teachers' sessions, gRPC stubs: about 70k objects the
+    # collector tracks) lives as long as the process. Frozen, a full collection skips it: one
+    # took 21 ms over all of it, holding the event loop; about 2k objects are left to walk.
+    gc.collect()
+    gc.freeze()
     if on_ready is not None:
         on_ready(server)
     await stop.wait()

@@ -58,7 +58,7 @@ class RecentIndex:
 
     def __init__(self) -> None:
         self._where: dict[str, list[dict[str, int]]] = {}
-        self._expiry: list[tuple[float, int, str, list[str]]] = []  # a heap: (expires, row, topic, ids)
+        self._expiry: list[tuple[float, int, str, tuple[str, ...]]] = []  # a heap: (expires, row, topic, ids)
 
     def add(self, topic: str, row: int, ids: list[str], expires: float) -> None:
         """``ids`` are in ``row`` until ``expires`` (unix seconds)."""
@@ -67,7 +67,9 @@ class RecentIndex:
             shards = self._where[topic] = [{} for _ in range(SHARDS)]
         for sid in ids:
             shards[hash(sid) & _MASK][sid] = row
-        heapq.heappush(self._expiry, (expires, row, topic, ids))
+        # A tuple of strings: the collector stops tracking it (and the entry) after one pass,
+        # so the heap's entries (one per remembered batch) do not lengthen its full passes.
+        heapq.heappush(self._expiry, (expires, row, topic, tuple(ids)))
 
     def purge(self, now: float) -> None:
         """Forget the rows that expired by ``now``."""

@@ -6,6 +6,7 @@ unknown ids that never wait for the log's thread, and the move of an earlier rel
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
 from pathlib import Path
@@ -58,6 +59,22 @@ def test_index_spreads_a_topic_over_its_shards_so_no_growth_copies_more_than_a_s
     found = index.find("t", ["b7-3", "b200-127", "b255-0", "nope"], now=0.0)
     assert found == {7: {"b7-3"}, 200: {"b200-127"}, 255: {"b255-0"}}
     assert index.find("t", ["b1-1"], now=60.0) == {} and len(index) == 0 and index.largest_shard() == 0
+
+
+def test_index_entries_drop_out_of_the_collectors_full_passes():
+    """A service keeps one heap entry per remembered batch for the whole window (48k of them at
+    80 batches/s over 600 s); as tuples of strings the collector stops tracking them, so they do
+    not lengthen its full passes (lists of ids stayed tracked: 2 objects per batch)."""
+    index = RecentIndex()
+    index.add("t", 0, ["first"], expires=60.0)  # the topic's shards exist from here on
+    gc.collect()
+    before = len(gc.get_objects())
+    for row in range(1, 1001):
+        index.add("t", row, [f"b{row}-{j}" for j in range(4)], expires=60.0)
+    gc.collect()
+    gc.collect()  # an entry is untracked once the ids tuple inside it is
+    assert len(index) == 4001
+    assert len(gc.get_objects()) - before < 100
 
 
 async def test_a_remembered_batch_is_one_row_and_its_entries_survive_a_restart(db: Path):
