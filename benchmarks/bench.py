@@ -63,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="light teacher's window; heavy gets HEAVY_WINDOWS x")
     p.add_argument("--light-request", type=int, default=128, help="samples per request, light teacher")
     p.add_argument("--heavy-request", type=int, default=16, help="samples per request, heavy teacher")
-    p.add_argument("--light-max-batch", type=int, default=256,
-                   help="the service's max batch, light teacher (what each worker ran where raw ORT 2x1 "
-                        "peaked on a 2-core VM: batch 512 over 2 workers)")
+    p.add_argument("--light-max-batch", type=int, default=512,
+                   help="the service's max batch, light teacher (a batch's fixed costs on the event loop "
+                        "and the log's thread, spread over 512 samples: two parts of 256 on 2x1)")
     p.add_argument("--heavy-max-batch", type=int, default=128, help="the same, heavy teacher")
     p.add_argument("--profile-batch", type=int, default=128, help="batch size of the per-stage profile")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="the service batcher's (the default config)")
