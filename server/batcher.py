@@ -127,7 +127,9 @@ class MicroBatcher:
     still leaves the batch partial) or its fixed cost per batch (``overhead_s()``, see
     ``batch_cost``) is less than the wait left: splitting the batch costs the teacher one more
     overhead, waiting costs it the wait. A teacher whose batch of 1 costs about what a full batch
-    does (a GPU) keeps waiting. Under load the workers are busy, the gate holds the cut, and
+    does (a GPU) keeps waiting. The rule is looked at when an item arrives and when the
+    teacher frees a worker (``wake``), so a batch that arrived while every worker was busy is
+    cut as soon as one is free, not at its deadline. Under load the workers are busy, the gate holds the cut, and
     batches fill as before; ``max_delay_s`` stays the longest any item waits.
     """
 
@@ -188,6 +190,11 @@ class MicroBatcher:
         except asyncio.CancelledError:
             pass
         self._task = None
+
+    def wake(self) -> None:
+        """Look at the queue again now: the teacher freed a worker, so a partial batch waiting
+        out its delay may be cut at once (the adaptive delay's rule)."""
+        self._wakeup.set()
 
     def submit(self, item: WorkItem) -> asyncio.Future[Any]:
         """Queue ``item``; returns the future ``process`` resolves with its result."""

@@ -125,6 +125,7 @@ class LabelingCore:
                                    inference_s=pipeline.inference_s if tcfg.adaptive_delay else None,
                                    overhead_s=pipeline.cost.overhead_s if tcfg.adaptive_delay else None)
             if tcfg.adaptive_delay:
+                pipeline.on_free = batcher.wake
                 teacher = self.backends[name]
                 self.cost_probes[name] = asyncio.create_task(
                     probe_batch_cost(pipeline.cost, teacher.infer, teacher.metadata.input_shape,

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -66,6 +66,9 @@ class TeacherPipeline:
         self._inference_s = float("inf")
         self.cost = BatchCost()  # seconds against batch size: the adaptive delay's fixed cost
         self._teacher_free = asyncio.Condition()
+        # Called whenever a batch's inference ends (the MicroBatcher's ``wake``: its adaptive
+        # delay looks again at a partial batch once a worker is free).
+        self.on_free: Callable[[], None] | None = None
         # Idempotency: a batch's recall is asked for when the batch arrives, beside its
         # inference. Batches labeled after that question keep their entries here, by labeling
         # number, so the answer is completed with them (a retry of an id still in flight).
@@ -102,6 +105,8 @@ class TeacherPipeline:
             async with self._teacher_free:
                 self._inferring -= 1
                 self._teacher_free.notify_all()
+            if self.on_free is not None:
+                self.on_free()
         async with self._turn:
             await self._turn.wait_for(lambda: self._labeled == seq)
         appending: list[tuple[list[WorkItem], asyncio.Future]] = []

@@ -86,3 +86,36 @@ async def test_start_does_not_wait_for_the_batch_cost_probe(monkeypatch, make_co
     probe = core.cost_probes["digits-cnn"]
     await core.stop()  # the probe has run one batch of 7 at most
     assert probe.cancelled() and len(ShapedCostBackend.started) < 7
+
+
+async def test_a_request_that_finds_the_teacher_busy_starts_when_it_frees_not_at_its_deadline(
+        monkeypatch, make_config, digits):
+    """One worker, every batch 0.2 s, max delay 1 s. A lone request is cut at once; a second one
+    sent while it infers waits for the worker, and starts as that inference ends (the pipeline
+    wakes the batcher), not a second after it arrived."""
+    config = make_config(teachers={"digits-cnn": {"adaptive_delay": True, "max_delay_ms": 1000.0,
+                                                  "max_batch": 16, "inference_workers": 1}})
+    monkeypatch.setattr(ShapedCostBackend, "fixed_s", 0.2)
+    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", 0.0)
+    monkeypatch.setattr(ShapedCostBackend, "started", [])
+    monkeypatch.setattr(core_module, "make_backend",
+                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+    core = LabelingCore(config)
+    await core.start()
+    try:
+        await core.cost_probes["digits-cnn"]
+        probed = len(ShapedCostBackend.started)
+        x = np.ascontiguousarray(digits.stream_x[:1])
+        first = asyncio.ensure_future(core.label(LabelInput("digits", ["a"], x, None, "r1")))
+        while len(ShapedCostBackend.started) == probed:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the first batch is inferring
+        sent = time.monotonic()
+        second = await core.label(LabelInput("digits", ["b"], x, None, "r2"))
+        await first
+        assert len(second.decisions.accept) == 1
+        (a_at, _), (b_at, _) = ShapedCostBackend.started[probed:]
+        assert b_at - a_at >= 0.19  # it waited for the worker
+        assert b_at - sent < 0.5, b_at - sent  # ... and not for its deadline (1 s)
+    finally:
+        await core.stop()

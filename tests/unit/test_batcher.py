@@ -195,3 +195,32 @@ async def test_adaptive_delay_still_waits_when_the_arrival_rate_will_fill_the_ba
     await asyncio.wait_for(asyncio.gather(*first, last), timeout=2.0)
     await batcher.stop()
     assert [sizes for _, sizes in seen] == [[1] * 8]
+
+
+async def test_adaptive_delay_cuts_as_soon_as_the_teacher_frees_a_worker():
+    """An item that arrives while every worker is busy waits; when a worker frees (``wake``,
+    which the pipeline calls as an inference ends) it is cut then, not at its 0.5 s deadline.
+    Without the wake the same item waits out the deadline."""
+    for wake in (True, False):
+        busy = {"now": True}
+        seen: list[float] = []
+
+        async def process(batch: list[WorkItem]) -> None:
+            seen.append(time.monotonic())
+            for i in batch:
+                i.future.set_result(None)
+
+        batcher = MicroBatcher(process, max_batch=64, max_delay_s=0.5, max_queue_samples=100,
+                               idle=lambda: not busy["now"], inference_s=lambda: 0.01)
+        batcher.start()
+        started = time.monotonic()
+        done = batcher.submit(_now_item(3))
+        await asyncio.sleep(0.1)
+        assert not seen  # busy teacher: the item waits
+        busy["now"] = False
+        if wake:
+            batcher.wake()
+        await asyncio.wait_for(done, timeout=2.0)
+        await batcher.stop()
+        waited = seen[0] - started
+        assert (0.1 <= waited < 0.3) if wake else (waited >= 0.45), (wake, waited)
