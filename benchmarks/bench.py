@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests each producer keeps in flight in the pipelined window, run at 4 producers "
                         "(or the most of --producers without 4); 1 skips it")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds fp32/int8/bf16")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="times each service window (every N, each bracketed by raw ONNX Runtime) and "
+                        "the half-load window run, in rounds over N; the report keeps every repeat and "
+                        "headlines the median one")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--triton-queue-delay-us", type=int, default=0,
                    help="Triton's dynamic batcher delay: 0 (raw Triton's best here: requests that "
@@ -96,8 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.in_flight < 1:
         p.error(f"--in-flight must be 1 or more, got {args.in_flight}")
+    if args.repeats < 1:
+        p.error(f"--repeats must be 1 or more, got {args.repeats}")
     if args.quick:
-        args.teachers, args.producers, args.seconds, args.rounds = "light", "1,2", 0.5, 1
+        args.teachers, args.producers, args.seconds, args.rounds, args.repeats = "light", "1,2", 0.5, 1, 2
         args.light_request, args.no_triton = 16, True
     args.layouts = {kind: tuple(int(v) for v in getattr(args, f"{kind}_layout").split("x"))
                     for kind in ("light", "heavy")}
@@ -172,7 +178,9 @@ def runtime_phase(teacher_dir: Path, pool: np.ndarray, accepted: dict[str, Path]
 async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
                         work: Path, args: argparse.Namespace, seconds: float, best: Any) -> None:
     """(b) at each N, with (a) at its best batch right before and after each window (their mean
-    is the limit that window is compared with), then the half-load p99."""
+    is the limit that window is compared with), ``--repeats`` rounds over N; then the window with
+    several requests in flight; then the half-load p99, ``--repeats`` times. Each N's headline is
+    its median repeat (``bench_report.median_repeat``)."""
     x = np.ascontiguousarray(pool[:run.request_samples])
     best_x = np.ascontiguousarray(np.resize(pool, (run.ort_sweep["best_batch"], *pool.shape[1:])))
     with ServiceProcess(work, run.teacher, ort_teacher(kind, teacher_dir, args), topic_config(kind)) as svc:
@@ -190,9 +198,14 @@ async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: ben
             before = after
             return w, {**after, "samples_per_s": round(sum(rates) / 2, 1), "before_after": rates}
 
-        for n in args.ns:
-            run.service[n], run.ort_after[n] = await bracketed(n, n)
-            log.info("%s N=%d service %s | raw ORT %s", kind, n, run.service[n], run.ort_after[n])
+        for repeat in range(args.repeats):
+            for n in args.ns:
+                w, limit = await bracketed(n, n)
+                run.service_repeats.setdefault(n, []).append({"window": w, "limit": limit})
+                log.info("%s N=%d (repeat %d) service %s | raw ORT %s", kind, n, repeat + 1, w, limit)
+        for n, repeats in run.service_repeats.items():
+            chosen = bench_report.median_repeat(repeats)
+            run.service[n], run.ort_after[n] = chosen["window"], chosen["limit"]
         if args.in_flight > 1:
             n = 4 if 4 in args.ns else max(args.ns)
             w, limit = await bracketed(n, n * args.in_flight)
@@ -200,11 +213,14 @@ async def service_phase(kind: str, teacher_dir: Path, pool: np.ndarray, run: ben
                              "ort_samples_per_s": limit["samples_per_s"], "ort_before_after": limit["before_after"]}
             log.info("%s N=%d, %d in flight each: service %s", kind, n, args.in_flight, w)
         peak = max(w["samples_per_s"] for w in run.service.values())
-        async with ServiceLoad(svc.target, TOPIC, x, streams=4) as load:
-            half = await open_loop(load.call, 0.5 * peak / len(x), seconds * 1.5, streams=4)
+        halves = []
+        for _ in range(args.repeats):
+            async with ServiceLoad(svc.target, TOPIC, x, streams=4) as load:
+                halves.append(await open_loop(load.call, 0.5 * peak / len(x), seconds * 1.5, streams=4))
     one_batch_ms = run.ort_sweep["one_batch_ms"]
-    run.half_load = {**half, "peak_samples_per_s": peak,
-                     "bound_ms": round(2 * (args.max_delay_ms + one_batch_ms), 2)}
+    run.half_load = {**bench_report.median_by(halves, "p99_ms"), "peak_samples_per_s": peak,
+                     "bound_ms": round(2 * (args.max_delay_ms + one_batch_ms), 2),
+                     "p99_ms_repeats": [h["p99_ms"] for h in halves], "p50_ms_repeats": [h["p50_ms"] for h in halves]}
 
 
 async def quantized_service(kind: str, int8_dir: Path, pool: np.ndarray, run: bench_report.TeacherRun,
@@ -329,6 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              "split_min_rows": args.split_min_rows,
              "triton_queue_delay_us": args.triton_queue_delay_us, "triton_pipeline_depth": TRITON_PIPELINE_DEPTH,
              "adaptive_delay": not args.fixed_delay, "pipelined_in_flight": args.in_flight,
+             "repeats": args.repeats,
              "requests": {"light": args.light_request, "heavy": args.heavy_request},
              "quick": args.quick, "wall_s": None}
     report = bench_report.build_report(runs, setup, skipped)

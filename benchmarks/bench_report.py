@@ -6,11 +6,16 @@ to the details. A part that could not run is ``null`` with ``<key>_reason`` besi
 * ``service_vs_ort``: the service at its best producer count over raw ONNX Runtime at its best
   batch size, the mean of runs right before and right after that service window
   (``service_vs_ort_by_producers`` for each count; ``service_vs_ort_min_n_ge_4``: the worst
-  count of 4 or more; ``service_vs_ort_pipelined``: 4 producers keeping several requests in
-  flight each, against raw ONNX Runtime around that window; not a target figure);
+  count of 4 or more). Each count's window runs several times (``--repeats``, in rounds over
+  the counts, each bracketed by raw runs of its own): its figure is the median repeat's
+  (``median_repeat``), whose window gives every figure of that count (rate, latency, batch,
+  CPU), and ``service_vs_ort_repeats`` keeps each repeat's ratio in the order run;
+  ``service_vs_ort_pipelined``: 4 producers keeping several requests in flight each, against
+  raw ONNX Runtime around that window (run once; not a target figure);
 * ``service_vs_triton``: the service over Triton at its best producer count over raw
   ``tritonclient`` at its best (``service_vs_triton_by_producers``: at equal counts);
 * ``p99_ms_half_load``: p99 latency at half the service's peak throughput, offered open loop;
+  the median of ``--repeats`` windows (``half_load.p99_ms_repeats`` has each);
   ``p99_bound_ms`` = 2 x (max batch delay + raw inference time of one full batch);
 * ``quantized``: the heavy teacher's int8 speedup over fp32 (raw ONNX Runtime, interleaved
   rounds) and its decision agreement with fp32 (the quantize gate's figure).
@@ -23,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["TeacherRun", "ratio", "teacher_section", "build_report", "write_report", "targets", "table",
-           "plot"]
+__all__ = ["TeacherRun", "ratio", "median_by", "median_repeat", "teacher_section", "build_report", "write_report",
+           "targets", "table", "plot"]
 
 
 @dataclass
@@ -39,6 +44,9 @@ class TeacherRun:
     ort_sweep: dict[str, Any] | None = None
     ort_after: dict[int, dict[str, Any]] = field(default_factory=dict)  # producers -> raw ORT run
     service: dict[int, dict[str, Any]] = field(default_factory=dict)  # producers -> window
+    # producers -> every repeat of that window, in the order run: {"window": ..., "limit": ...}
+    # (the limit is the raw ORT run beside it); ``service``/``ort_after`` hold the median one.
+    service_repeats: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     pipelined: dict[str, Any] | None = None  # a window of producers with several requests in flight
     half_load: dict[str, Any] | None = None
     raw_triton: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -53,6 +61,20 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return round(a / b, 3)
+
+
+def median_by(items: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The item whose ``key`` is the median (the lower of the middle two for an even count), so
+    every figure reported beside it comes from the same measurement."""
+    if not items:
+        raise ValueError("no measurements to take a median of")
+    return sorted(items, key=lambda item: item[key])[(len(items) - 1) // 2]
+
+
+def median_repeat(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of a window's repeats ({"window", "limit"}), the one with the median service/raw ratio."""
+    return median_by([{**r, "ratio": r["window"]["samples_per_s"] / r["limit"]["samples_per_s"]}
+                      for r in repeats], "ratio")
 
 
 def _set(section: dict[str, Any], key: str, value: Any, reason: str | None) -> None:
@@ -75,6 +97,8 @@ def teacher_section(run: TeacherRun) -> dict[str, Any]:
     _set(s, "service_vs_ort", by_n.get(peak) if peak is not None else None,
          run.reasons.get("service") or run.reasons.get("ort"))
     s["service_vs_ort_by_producers"] = by_n
+    s["service_vs_ort_repeats"] = {n: [ratio(r["window"]["samples_per_s"], r["limit"]["samples_per_s"])
+                                       for r in repeats] for n, repeats in run.service_repeats.items()}
     high = [r for n, r in by_n.items() if n >= 4 and r is not None]
     s["service_vs_ort_min_n_ge_4"] = min(high) if high else None
     piped = run.pipelined
@@ -92,6 +116,7 @@ def teacher_section(run: TeacherRun) -> dict[str, Any]:
     if run.profile is not None:
         s["selection_adaptation_append_share"] = run.profile["selection_adaptation_append_share"]
     s.update({"ort": run.ort_sweep, "ort_after_service": run.ort_after, "service": run.service,
+              "service_repeats": run.service_repeats,
               "service_pipelined": piped,
               "half_load": half, "raw_triton": run.raw_triton, "service_triton": run.service_triton,
               "profile": run.profile, "quantized": run.quantized})

@@ -17,6 +17,17 @@ def test_bench_parses_in_flight_and_refuses_zero(capsys):
     assert "--in-flight must be 1 or more, got 0" in capsys.readouterr().err
 
 
+def test_bench_repeats_each_window_three_times_by_default_and_refuses_zero(capsys):
+    pytest.importorskip("psutil")
+    from pseudostream.benchmarks.bench import parse_args
+
+    assert parse_args([]).repeats == 3
+    assert parse_args(["--quick"]).repeats == 2  # the smoke run still takes a median
+    with pytest.raises(SystemExit):
+        parse_args(["--repeats", "0"])
+    assert "--repeats must be 1 or more, got 0" in capsys.readouterr().err
+
+
 def test_service_load_refuses_zero_in_flight(capsys):
     pytest.importorskip("psutil")
     from pseudostream.benchmarks.service_load import main

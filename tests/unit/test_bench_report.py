@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pseudostream.benchmarks.bench_report import TeacherRun, build_report, plot, ratio, table, write_report
+from pseudostream.benchmarks.bench_report import (TeacherRun, build_report, median_by, median_repeat, plot, ratio, table,
+                                                  write_report)
 
 
 def w(sps: float, p99: float = 10.0) -> dict:
@@ -40,6 +41,32 @@ def light_run_without_triton() -> TeacherRun:
 def test_ratio_rounds_and_refuses_missing_parts():
     assert ratio(1.0, 3.0) == 0.333
     assert ratio(None, 3.0) is None and ratio(1.0, None) is None and ratio(1.0, 0) is None
+
+
+def test_median_by_takes_the_middle_item_whole_and_the_lower_middle_of_an_even_count():
+    items = [{"p99_ms": 30.0, "p50_ms": 9.0}, {"p99_ms": 12.0, "p50_ms": 5.0}, {"p99_ms": 80.0, "p50_ms": 7.0}]
+    assert median_by(items, "p99_ms") == {"p99_ms": 30.0, "p50_ms": 9.0}  # its own p50, not the median p50
+    assert median_by(items[:2], "p99_ms")["p99_ms"] == 12.0
+    with pytest.raises(ValueError):
+        median_by([], "p99_ms")
+
+
+def test_median_repeat_picks_by_ratio_not_by_rate():
+    """By rate the median window is the 190/s one; by ratio (0.75, 0.7, 0.95) it is the 150/s
+    one, which ran beside raw 200/s, and its limit comes with it."""
+    repeats = [{"window": w(150.0), "limit": w(200.0)}, {"window": w(210.0), "limit": w(300.0)},
+               {"window": w(190.0), "limit": w(200.0)}]
+    chosen = median_repeat(repeats)
+    assert chosen["window"]["samples_per_s"] == 150.0 and chosen["limit"]["samples_per_s"] == 200.0
+
+
+def test_every_repeat_is_reported_beside_the_median_one():
+    run = heavy_run()
+    run.service_repeats = {4: [{"window": w(170.0), "limit": w(200.0)}, {"window": w(196.0), "limit": w(200.0)},
+                               {"window": w(199.0), "limit": w(190.0)}]}
+    section = build_report({"heavy": run}, {"cpus": 2}, {})["heavy"]
+    assert section["service_vs_ort_repeats"] == {4: [0.85, 0.98, 1.047]}
+    assert section["service_repeats"][4][0]["window"]["samples_per_s"] == 170.0
 
 
 def test_headline_ratios_are_computed_from_the_measurements():

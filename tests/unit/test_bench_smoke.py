@@ -36,6 +36,12 @@ def test_quick_bench_writes_a_report_with_every_key(tmp_path, teacher_dir):
     assert q["speedup_vs_fp32"] is None and q["speedup_vs_fp32_reason"]
     section = light
     assert set(section["service"]) == {"1", "2"} and section["service"]["2"]["effective_batch"] > 0
+    # --quick runs each window twice; the headline window is one of the repeats, whole
+    repeats = section["service_repeats"]["2"]
+    assert len(repeats) == 2 and section["service"]["2"] in [r["window"] for r in repeats]
+    assert len(section["service_vs_ort_repeats"]["2"]) == 2
+    assert len(section["half_load"]["p99_ms_repeats"]) == 2
+    assert section["half_load"]["p99_ms"] in section["half_load"]["p99_ms_repeats"]
     assert section["quantized"]["int8"]["agreement"]["joint"] >= 0.99
     assert section["quantized"]["runtime"]["int8"]["vs_first"] > 0
     assert section["profile"]["stages_ms"]["inference"] > 0
