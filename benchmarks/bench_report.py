@@ -198,11 +198,17 @@ def table(report: Mapping[str, Any]) -> str:
         batch = f", batch {w['effective_batch']}" if w.get("effective_batch") else ""
         return f"{w['samples_per_s']:.0f}/s, p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms{batch}"
 
+    def ratios(s: Mapping[str, Any], n: Any) -> str:
+        """The median repeat's ratio, and every repeat's in the order run where there were several."""
+        repeats = (s.get("service_vs_ort_repeats") or {}).get(n) or []
+        head = str(s["service_vs_ort_by_producers"].get(n))
+        return head + (f" (repeats {', '.join(map(str, repeats))})" if len(repeats) > 1 else "")
+
     for kind in ("light", "heavy"):
         s = report[kind]
         for n in sorted(s.get("service") or {}, key=int):
             lines.append(f"| {kind} ({s['teacher']}) | {n} | {cell(s['ort_after_service'].get(n))} | "
-                         f"{cell(s['service'][n])} | {s['service_vs_ort_by_producers'].get(n)} | "
+                         f"{cell(s['service'][n])} | {ratios(s, n)} | "
                          f"{cell((s.get('raw_triton') or {}).get(n))} | {cell((s.get('service_triton') or {}).get(n))} | "
                          f"{(s.get('service_vs_triton_by_producers') or {}).get(n, '-')} |")
         piped = s.get("service_pipelined")

@@ -64,9 +64,12 @@ def test_every_repeat_is_reported_beside_the_median_one():
     run = heavy_run()
     run.service_repeats = {4: [{"window": w(170.0), "limit": w(200.0)}, {"window": w(196.0), "limit": w(200.0)},
                                {"window": w(199.0), "limit": w(190.0)}]}
-    section = build_report({"heavy": run}, {"cpus": 2}, {})["heavy"]
+    report = build_report({"heavy": run}, {"cpus": 2}, {})
+    section = report["heavy"]
     assert section["service_vs_ort_repeats"] == {4: [0.85, 0.98, 1.047]}
     assert section["service_repeats"][4][0]["window"]["samples_per_s"] == 170.0
+    assert "| 0.98 (repeats 0.85, 0.98, 1.047) |" in table(report)
+    assert "| 0.75 |" in table(report)  # N = 1 ran once: no list
 
 
 def test_headline_ratios_are_computed_from_the_measurements():
