@@ -38,7 +38,7 @@ test-integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 # Performance side by side (benchmarks/bench.py): writes bench-report.json and
-# benchmarks/bench-plot.png; about 10 minutes on 2 cores. BENCH_ARGS=--quick for a smoke run.
+# benchmarks/bench-plot.png; about 17 minutes on 2 cores (--repeats 1: about 11). BENCH_ARGS=--quick for a smoke run.
 bench:
 	$(MAKE) install EXTRAS=$(EXTRAS),bench
 	$(BIN)/python -m pseudostream.benchmarks.bench $(BENCH_ARGS)
