@@ -30,17 +30,22 @@ class ShapedCostBackend(OnnxRuntimeBackend):
         return await super().infer(batch)
 
 
+def shape_teacher(monkeypatch, fixed_s: float, per_sample_s: float) -> None:
+    """The core's teachers become ShapedCostBackends with this cost curve."""
+    monkeypatch.setattr(ShapedCostBackend, "fixed_s", fixed_s)
+    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", per_sample_s)
+    monkeypatch.setattr(ShapedCostBackend, "started", [])
+    monkeypatch.setattr(core_module, "make_backend",
+                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+
+
 @pytest.mark.parametrize("fixed_s, per_sample_s, early", [(0.0, 0.01, True), (0.25, 0.0, False)])
 async def test_a_lone_first_request_waits_only_where_the_fixed_cost_is_above_the_wait(
         monkeypatch, make_config, digits, fixed_s, per_sample_s, early):
     config = make_config(teachers={"digits-cnn": {"adaptive_delay": True, "max_delay_ms": 200.0,
                                                   "max_batch": 16}})
     tcfg = config.teachers["digits-cnn"]
-    monkeypatch.setattr(ShapedCostBackend, "fixed_s", fixed_s)
-    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", per_sample_s)
-    monkeypatch.setattr(ShapedCostBackend, "started", [])
-    monkeypatch.setattr(core_module, "make_backend",
-                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+    shape_teacher(monkeypatch, fixed_s, per_sample_s)
     core = LabelingCore(config)
     await core.start()
     try:
@@ -62,11 +67,7 @@ async def test_start_does_not_wait_for_the_batch_cost_probe(monkeypatch, make_co
     """A teacher whose every batch takes 0.25 s makes the probe last at least 7 x 0.25 s; the
     core is up at once, the probe finishes behind it, and stop cancels a probe still running."""
     config = make_config(teachers={"digits-cnn": {"adaptive_delay": True, "max_batch": 16}})
-    monkeypatch.setattr(ShapedCostBackend, "fixed_s", 0.25)
-    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", 0.0)
-    monkeypatch.setattr(ShapedCostBackend, "started", [])
-    monkeypatch.setattr(core_module, "make_backend",
-                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+    shape_teacher(monkeypatch, 0.25, 0.0)
     core = LabelingCore(config)
     began = time.monotonic()
     await core.start()
@@ -95,11 +96,7 @@ async def test_a_request_that_finds_the_teacher_busy_starts_when_it_frees_not_at
     wakes the batcher), not a second after it arrived."""
     config = make_config(teachers={"digits-cnn": {"adaptive_delay": True, "max_delay_ms": 1000.0,
                                                   "max_batch": 16, "inference_workers": 1}})
-    monkeypatch.setattr(ShapedCostBackend, "fixed_s", 0.2)
-    monkeypatch.setattr(ShapedCostBackend, "per_sample_s", 0.0)
-    monkeypatch.setattr(ShapedCostBackend, "started", [])
-    monkeypatch.setattr(core_module, "make_backend",
-                        lambda t: ShapedCostBackend(t.model_dir, intra_op_threads=t.intra_op_threads))
+    shape_teacher(monkeypatch, 0.2, 0.0)
     core = LabelingCore(config)
     await core.start()
     try:
