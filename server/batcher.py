@@ -129,8 +129,8 @@ class MicroBatcher:
     overhead, waiting costs it the wait. A teacher whose batch of 1 costs about what a full batch
     does (a GPU) keeps waiting. The rule is looked at when an item arrives and when the
     teacher frees a worker (``wake``), so a batch that arrived while every worker was busy is
-    cut as soon as one is free, not at its deadline. Under load the workers are busy, the gate holds the cut, and
-    batches fill as before; ``max_delay_s`` stays the longest any item waits.
+    cut as soon as one is free, not at its deadline. Under load the workers are busy, the gate
+    holds the cut, and batches fill as before; ``max_delay_s`` stays the longest any item waits.
     """
 
     def __init__(
