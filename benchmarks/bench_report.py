@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["TeacherRun", "ratio", "median_by", "median_repeat", "teacher_section", "build_report", "write_report",
-           "targets", "table", "plot"]
+__all__ = ["TeacherRun", "ratio", "median_by", "repeat_ratio", "median_repeat", "teacher_section", "build_report",
+           "write_report", "targets", "table", "plot"]
 
 
 @dataclass
@@ -71,10 +71,14 @@ def median_by(items: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return sorted(items, key=lambda item: item[key])[(len(items) - 1) // 2]
 
 
+def repeat_ratio(repeat: Mapping[str, Any]) -> float | None:
+    """One repeat's service/raw ratio: its window over the raw ONNX Runtime run beside it."""
+    return ratio(repeat["window"]["samples_per_s"], repeat["limit"]["samples_per_s"])
+
+
 def median_repeat(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     """Of a window's repeats ({"window", "limit"}), the one with the median service/raw ratio."""
-    return median_by([{**r, "ratio": r["window"]["samples_per_s"] / r["limit"]["samples_per_s"]}
-                      for r in repeats], "ratio")
+    return median_by([{**r, "ratio": repeat_ratio(r)} for r in repeats], "ratio")
 
 
 def _set(section: dict[str, Any], key: str, value: Any, reason: str | None) -> None:
@@ -97,8 +101,8 @@ def teacher_section(run: TeacherRun) -> dict[str, Any]:
     _set(s, "service_vs_ort", by_n.get(peak) if peak is not None else None,
          run.reasons.get("service") or run.reasons.get("ort"))
     s["service_vs_ort_by_producers"] = by_n
-    s["service_vs_ort_repeats"] = {n: [ratio(r["window"]["samples_per_s"], r["limit"]["samples_per_s"])
-                                       for r in repeats] for n, repeats in run.service_repeats.items()}
+    s["service_vs_ort_repeats"] = {n: [repeat_ratio(r) for r in repeats]
+                                   for n, repeats in run.service_repeats.items()}
     high = [r for n, r in by_n.items() if n >= 4 and r is not None]
     s["service_vs_ort_min_n_ge_4"] = min(high) if high else None
     piped = run.pipelined
