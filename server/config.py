@@ -60,6 +60,15 @@ class TeacherConfig(_Strict):
     triton: TritonSettings | None = Field(None, description="triton: server and model")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: ORT's default)")
     providers: list[str] | None = Field(None, description="ORT execution providers, best first")
+    provider_options: dict[str, dict[str, str | int | float]] = Field(
+        default_factory=dict, description="onnxruntime: options per execution provider, as ONNX "
+        "Runtime names them, e.g. {CUDAExecutionProvider: {use_tf32: 0, cudnn_conv_algo_search: HEURISTIC}}")
+    batch_buckets: Literal["auto", "off", "powers_of_two"] | list[int] = Field(
+        "auto", description="onnxruntime: pad each batch up to the next of these sizes and run it on "
+        "that size's own session (each warmed up at load), so no session's input shape changes: "
+        "ONNX Runtime's CUDA provider redoes its per-shape set-up, cuDNN's algorithm search among "
+        "it, whenever it does. auto: powers of two from 8 up to max_batch on a GPU provider, off "
+        "on CPU (where padding costs compute in proportion and a new shape costs little)")
     inference_workers: int = Field(1, ge=1, le=64, description="onnxruntime: batches run at once, "
                                    "each with intra_op_threads (on CPU, a small teacher runs "
                                    "fastest with one worker per core and intra_op_threads 1)")
@@ -90,6 +99,21 @@ class TeacherConfig(_Strict):
             raise ValueError("backend onnxruntime needs model_dir (model.onnx + teacher.json)")
         if self.backend == "triton" and self.triton is None:
             raise ValueError("backend triton needs a triton section: {url, model}")
+        for name in self.provider_options:
+            if not name.endswith("ExecutionProvider"):
+                raise ValueError(f"provider_options names {name!r}, not an ONNX Runtime execution "
+                                 "provider: use its full name, e.g. CUDAExecutionProvider")
+            if self.providers is not None and name not in self.providers:
+                raise ValueError(f"provider_options names {name}, which providers {self.providers} "
+                                 f"leaves out: add it to providers or drop its options")
+        if isinstance(self.batch_buckets, list):
+            if not self.batch_buckets or min(self.batch_buckets) < 1:
+                raise ValueError(f"batch_buckets {self.batch_buckets}: give batch sizes of 1 or more "
+                                 "(or auto, off, powers_of_two)")
+            if max(self.batch_buckets) < self.max_batch:
+                raise ValueError(f"batch_buckets {self.batch_buckets} stop below max_batch "
+                                 f"{self.max_batch}: larger batches would run unpadded, a new shape "
+                                 f"each; add {self.max_batch}")
         workers = self.inference_workers
         if self.pipeline_depth is None:
             self.pipeline_depth = 2 if workers == 1 else 2 * workers + 2

@@ -20,6 +20,9 @@ def make_backend(config: TeacherConfig) -> TeacherBackend:
             workers=config.inference_workers,
             spin=config.spin_wait,
             split_min_rows=config.split_min_rows,
+            max_batch=config.max_batch,
+            batch_buckets=config.batch_buckets,
+            provider_options=config.provider_options,
         )
     if config.backend == "triton":
         from pseudostream.server.backends.triton import TritonBackend  # the [triton] extra

@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from pseudostream.models.card import TeacherCard
 from pseudostream.server.backends.base import BACKENDS, TeacherBackend, TeacherMetadata, TeacherOutput
+from pseudostream.server.backends.buckets import BucketSpec, bucket_for, bucket_sizes, padded
 from pseudostream.server.errors import TeacherUnavailable, UnknownName
 
 __all__ = ["OnnxRuntimeBackend", "metadata_from_card"]
 
 log = logging.getLogger(__name__)
-
 
 
 def metadata_from_card(card: TeacherCard) -> TeacherMetadata:
@@ -38,9 +40,15 @@ def metadata_from_card(card: TeacherCard) -> TeacherMetadata:
 
 @dataclass(frozen=True)
 class _Loaded:
-    session: ort.InferenceSession
+    session: ort.InferenceSession  # the largest bucket's, or the only one
     metadata: TeacherMetadata
     output_names: tuple[str, ...]  # logits, then features when the model exports them
+    buckets: tuple[int, ...] = ()  # batch sizes batches are padded to (none: run as they come)
+    by_bucket: dict[int, ort.InferenceSession] = dataclasses.field(default_factory=dict)
+
+    def session_for(self, rows: int) -> ort.InferenceSession:
+        """The session that runs a padded batch of ``rows``: its bucket's, else the main one."""
+        return self.by_bucket.get(rows, self.session)
 
 
 @BACKENDS.register("onnxruntime")
@@ -56,6 +64,13 @@ class OnnxRuntimeBackend(TeacherBackend):
     the spinning threads take the cores from the event loop and the label log, so it is off
     unless asked for. ``providers`` picks execution providers in
     order of preference; those ONNX Runtime does not offer here are skipped (CPU always remains).
+    ``provider_options`` maps a provider to its ONNX Runtime options (``{"CUDAExecutionProvider":
+    {"use_tf32": 0}}``).
+
+    ``batch_buckets`` (``buckets.py``): each batch is padded up to the next bucket size and runs
+    on that bucket's own session, so every session always sees one input shape, and each bucket
+    runs once when a version loads. ``auto``: powers of two from 8 up to ``max_batch`` on a GPU
+    provider, none on CPU.
 
     ``split_min_rows`` (with several workers): a batch that finds k >= 2 workers idle runs as k
     parts side by side, each of at least that many rows (0: never split). At low load a lone
@@ -71,6 +86,9 @@ class OnnxRuntimeBackend(TeacherBackend):
         workers: int = 1,
         spin: bool = False,
         split_min_rows: int = 0,
+        max_batch: int = 128,
+        batch_buckets: BucketSpec = "auto",
+        provider_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -82,6 +100,10 @@ class OnnxRuntimeBackend(TeacherBackend):
         self._workers = workers
         self._spin = spin
         self._split_min_rows = split_min_rows
+        self._max_batch = max_batch
+        self._batch_buckets = batch_buckets
+        self._provider_options = {name: {k: str(v) for k, v in opts.items()}
+                                  for name, opts in (provider_options or {}).items()}
         self._busy = 0  # workers running a batch or a part of one (changed on the event loop)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ort-infer")
         self._loaded: _Loaded | None = None
@@ -104,6 +126,16 @@ class OnnxRuntimeBackend(TeacherBackend):
     def providers(self) -> list[str]:
         """The execution providers the current session runs on."""
         return [] if self._loaded is None else self._loaded.session.get_providers()
+
+    @property
+    def provider_options(self) -> dict[str, dict[str, str]]:
+        """Each provider of the current session with the options it runs with."""
+        return {} if self._loaded is None else self._loaded.session.get_provider_options()
+
+    @property
+    def batch_buckets(self) -> tuple[int, ...]:
+        """The sizes the current session's batches are padded to (() when none are)."""
+        return () if self._loaded is None else self._loaded.buckets
 
     @property
     def versions(self) -> list[str]:
@@ -133,21 +165,24 @@ class OnnxRuntimeBackend(TeacherBackend):
         self._loaded = loaded
         self._model_dir = Path(model_dir)
         self._dirs[loaded.metadata.version] = Path(model_dir)
-        log.info("teacher %s version %s serving on %s", loaded.metadata.name,
-                 loaded.metadata.version, loaded.session.get_providers())
+        log.info("teacher %s version %s serving on %s, batches padded to %s", loaded.metadata.name,
+                 loaded.metadata.version, loaded.session.get_providers(), loaded.buckets or "no buckets")
         return loaded.metadata.version
 
+    def _session(self, model_dir: Path, providers: list[Any]) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        if self._intra_op_threads:
+            options.intra_op_num_threads = self._intra_op_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin else "0")
+        return ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=providers)
+
     def _load(self, model_dir: Path) -> _Loaded:
+        providers = [(p, self._provider_options[p]) if p in self._provider_options else p
+                     for p in self._pick_providers()]
         try:
             card = TeacherCard.load(model_dir)
-            options = ort.SessionOptions()
-            if self._intra_op_threads:
-                options.intra_op_num_threads = self._intra_op_threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin else "0")
-            session = ort.InferenceSession(
-                str(model_dir / "model.onnx"), options, providers=self._pick_providers()
-            )
+            session = self._session(model_dir, providers)
         except Exception as exc:  # OSError, ValueError, and ORT's own pybind error types
             raise TeacherUnavailable(f"cannot load teacher from {model_dir}: {exc}") from exc
         outputs = [o.name for o in session.get_outputs()]
@@ -156,7 +191,32 @@ class OnnxRuntimeBackend(TeacherBackend):
                 f"model in {model_dir} has outputs {outputs}; expected {card.logits_name!r}"
             )
         names = [card.logits_name] + ([card.features_name] if card.features_name in outputs else [])
-        return _Loaded(session, metadata_from_card(card), tuple(names))
+        buckets = bucket_sizes(self._batch_buckets, self._max_batch, session.get_providers())
+        # One session per bucket: ONNX Runtime's CUDA provider redoes its per-shape set-up (cuDNN's
+        # algorithm search among it) whenever a session's input shape differs from its last run.
+        try:
+            by_bucket = {size: self._session(model_dir, providers) for size in buckets[:-1]}
+        except Exception as exc:  # ORT's own pybind error types
+            raise TeacherUnavailable(f"cannot load teacher from {model_dir}: {exc}") from exc
+        if buckets:
+            by_bucket[buckets[-1]] = session
+        loaded = _Loaded(session, metadata_from_card(card), tuple(names), buckets, by_bucket)
+        self._warm_up(loaded, model_dir)
+        return loaded
+
+    @staticmethod
+    def _warm_up(loaded: _Loaded, model_dir: Path) -> None:
+        """Run every bucket once, so each shape's first-run cost is paid before serving."""
+        meta, started = loaded.metadata, time.perf_counter()
+        for size in loaded.buckets:
+            x = np.zeros((size, *meta.input_shape), dtype=meta.input_dtype)
+            try:
+                loaded.session_for(size).run(list(loaded.output_names), {meta.input_name: x})
+            except Exception as exc:  # onnxruntime raises its own pybind exception types
+                raise TeacherUnavailable(f"teacher in {model_dir} failed on a warm-up batch of "
+                                         f"{size}: {exc}") from exc
+        if loaded.buckets:
+            log.info("warmed up %d batch sizes in %.2f s", len(loaded.buckets), time.perf_counter() - started)
 
     def _pick_providers(self) -> list[str]:
         available = ort.get_available_providers()
@@ -196,11 +256,14 @@ class OnnxRuntimeBackend(TeacherBackend):
 
     @staticmethod
     def _run(loaded: _Loaded, batch: np.ndarray) -> TeacherOutput:
-        meta = loaded.metadata
+        meta, rows = loaded.metadata, batch.shape[0]
+        x = padded(batch, bucket_for(rows, loaded.buckets))
         try:
-            results = loaded.session.run(list(loaded.output_names), {meta.input_name: batch})
+            results = loaded.session_for(x.shape[0]).run(list(loaded.output_names), {meta.input_name: x})
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise TeacherUnavailable(f"teacher {meta.name} v{meta.version} failed: {exc}") from exc
+        if x.shape[0] != rows:
+            results = [r[:rows] for r in results]
         features = results[1] if len(results) > 1 else None
         return TeacherOutput(logits=results[0], features=features, teacher_version=meta.version,
                              temperature=meta.temperature)

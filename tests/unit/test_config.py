@@ -58,3 +58,23 @@ def test_pipeline_depth_defaults_to_a_queued_batch_per_worker(workers, depth):
     assert cfg.teachers["t"].pipeline_depth == depth
     explicit = load_config(teachers={"t": {"model_dir": "/m", "inference_workers": workers, "pipeline_depth": depth}})
     assert explicit.teachers["t"].pipeline_depth == depth  # the default is within the field's bounds
+
+
+def test_batch_buckets_and_provider_options_are_checked():
+    def teacher(**fields):
+        return load_config(teachers={"t": {"model_dir": "/m", "max_batch": 64, **fields}}).teachers["t"]
+
+    assert teacher().batch_buckets == "auto" and teacher().provider_options == {}
+    assert teacher(batch_buckets=[8, 64]).batch_buckets == [8, 64]
+    with pytest.raises(ConfigError, match="stop below max_batch 64: .* add 64"):
+        teacher(batch_buckets=[8, 32])
+    with pytest.raises(ConfigError, match="give batch sizes of 1 or more"):
+        teacher(batch_buckets=[0, 64])
+    with pytest.raises(ConfigError, match="Input should be 'auto', 'off' or 'powers_of_two'"):
+        teacher(batch_buckets="pow2")
+    options = {"CUDAExecutionProvider": {"use_tf32": 0, "cudnn_conv_algo_search": "HEURISTIC"}}
+    assert teacher(provider_options=options).provider_options == options
+    with pytest.raises(ConfigError, match="'CUDA', not an ONNX Runtime execution provider"):
+        teacher(provider_options={"CUDA": {"use_tf32": 0}})
+    with pytest.raises(ConfigError, match="which providers \\['CPUExecutionProvider'\\] leaves out"):
+        teacher(providers=["CPUExecutionProvider"], provider_options=options)
