@@ -37,16 +37,20 @@ class _Workers:
         return self.run(x)
 
 
-def ort_runner(model: str | Path, threads: int, input_name: str = "input", workers: int = 1) -> Runner:
-    """``run(x)`` on an ONNX Runtime CPU session with ``threads`` intra-op threads (as the
-    service's embedded backend builds it, except that idle intra-op threads spin: ONNX Runtime's
-    default, its fastest setting when nothing else needs the cores). With ``workers`` > 1,
+def ort_runner(model: str | Path, threads: int, input_name: str = "input", workers: int = 1,
+               providers: Sequence[str] = ("CPUExecutionProvider",)) -> Runner:
+    """``run(x)`` on an ONNX Runtime session on ``providers`` (the CPU's by default) with
+    ``threads`` intra-op threads (as the service's embedded backend builds it, except that idle
+    intra-op threads spin: ONNX Runtime's default, its fastest setting when nothing else needs
+    the cores). With ``workers`` > 1,
     ``run_for`` runs it on that many threads at once through the one session, each running
     ``x`` as a batch of its own, none waiting for another (the service's ``inference_workers``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model), options, providers=list(providers))
+    if session.get_providers()[0] != providers[0]:
+        raise RuntimeError(f"ONNX Runtime runs {model} on {session.get_providers()}, not {providers[0]}")
     outputs = [o.name for o in session.get_outputs()]
 
     def run(x: np.ndarray) -> Any:

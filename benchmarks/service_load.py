@@ -87,7 +87,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def measure(argv: list[str] | None = None) -> dict:
+    """One window as the command line ``argv`` describes it (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=TEACHER, help="the teacher (make demo builds it here)")
     p.add_argument("--producers", type=int, default=16)
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.in_flight < 1:
         p.error(f"--in-flight must be 1 or more, got {args.in_flight}")
     with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
-        result = asyncio.run(run(args, Path(tmp)))
+        return asyncio.run(run(args, Path(tmp)))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    result = measure(argv)
     print(json.dumps(result, indent=1))
     return result
 
