@@ -12,7 +12,7 @@ EXTRAS ?= dev,triton
 BACKEND ?= onnxruntime
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: install demo test test-unit test-integration proto bench clean
+.PHONY: install gpu swap-ort demo test test-unit test-integration proto bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,23 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' $(TORCH)
+	if [ -f $(VENV)/.gpu ]; then $(MAKE) --no-print-directory swap-ort; fi
 	touch $@
+
+# On a machine with an NVIDIA GPU: ONNX Runtime's CUDA build (onnxruntime-gpu) in place of its
+# CPU build. Both install the same `onnxruntime` package and, where both are installed, the CPU
+# build is the one imported, without the CUDA provider; so the CPU build goes and the CUDA one
+# comes in alone (again after every reinstall, while .venv/.gpu exists), with CUDA 13's runtime,
+# cuBLAS and cuDNN 9 as nvidia-* wheels (the backend loads them: load_cuda_libraries). Then
+# `make test` runs tests/gpu too, and `python -m pseudostream.benchmarks.cuda_bench` measures.
+gpu: install
+	touch $(VENV)/.gpu
+	$(MAKE) --no-print-directory swap-ort
+
+swap-ort:
+	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install -q 'onnxruntime-gpu[cuda,cudnn]' 'nvidia-cublas>=13,<14'
+	$(BIN)/python -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime', o.__version__, p); assert 'CUDAExecutionProvider' in p"
 
 demo: install
 	$(BIN)/pseudostream demo --backend $(BACKEND) $(if $(REPORT),--report $(REPORT))

@@ -2,7 +2,7 @@
 
     python -m pseudostream.benchmarks.cuda_bench [--seconds 6] [--producers 16] [--out cuda-report.json]
 
-Needs onnxruntime-gpu (``pip install '.[gpu]'``) and a GPU; elsewhere it says so and exits 0.
+Needs onnxruntime-gpu in place of onnxruntime (``make gpu``) and a GPU; elsewhere it says so and exits 0.
 Per teacher (the digits CNN and the random ResNet-18 of ``bench``): raw ONNX Runtime on the
 CUDA provider at batches of 256 and 1024 (numpy in and out, as the service calls it), then the
 service end to end over gRPC loopback with ``--producers`` producers, once per teacher variant
@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from pseudostream.benchmarks import service_load
 from pseudostream.benchmarks.bench import TEACHERS, teacher_inputs
 from pseudostream.benchmarks.bench_runtime import ort_runner, ort_sweep
 from pseudostream.models.card import TeacherCard
+from pseudostream.server.backends.onnxruntime import load_cuda_libraries
 
 CUDA = "CUDAExecutionProvider"
 HEURISTIC = {"provider_options": {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}}
@@ -42,8 +44,18 @@ REQUEST = {"light": 128, "heavy": 64}  # samples per producer request, as in ben
 def missing() -> str | None:
     """Why this cannot run here, or None."""
     if CUDA not in ort.get_available_providers():
-        return ("onnxruntime here has no CUDAExecutionProvider (no GPU, or onnxruntime-gpu not "
-                "installed: pip install '.[gpu]')")
+        return ("onnxruntime here has no CUDAExecutionProvider (onnxruntime-gpu not installed "
+                "in its place: make gpu)")
+    # The CUDA build lists its provider without a GPU too; a session then falls back to the CPU.
+    load_cuda_libraries()
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, "CPUExecutionProvider"])
+    if session.get_providers()[0] != CUDA:
+        return "onnxruntime-gpu is installed but its CUDA provider found no usable GPU here"
     return None
 
 

@@ -19,9 +19,20 @@ from pseudostream.server.backends.base import BACKENDS, TeacherBackend, TeacherM
 from pseudostream.server.backends.buckets import BucketSpec, bucket_for, bucket_sizes, padded
 from pseudostream.server.errors import TeacherUnavailable, UnknownName
 
-__all__ = ["OnnxRuntimeBackend", "metadata_from_card"]
+__all__ = ["OnnxRuntimeBackend", "load_cuda_libraries", "metadata_from_card"]
 
 log = logging.getLogger(__name__)
+_cuda_loaded = False
+
+
+def load_cuda_libraries() -> None:
+    """Load CUDA's and cuDNN's libraries from the nvidia-* wheels where they were installed that
+    way (``make gpu``), before a session asks for the CUDA provider: ONNX Runtime's CUDA build
+    finds them there only when told to (``preload_dlls``, which skips what is missing). Once."""
+    global _cuda_loaded
+    if not _cuda_loaded and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    _cuda_loaded = True
 
 
 def metadata_from_card(card: TeacherCard) -> TeacherMetadata:
@@ -178,8 +189,10 @@ class OnnxRuntimeBackend(TeacherBackend):
         return ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=providers)
 
     def _load(self, model_dir: Path) -> _Loaded:
-        providers = [(p, self._provider_options[p]) if p in self._provider_options else p
-                     for p in self._pick_providers()]
+        chosen = self._pick_providers()
+        if "CUDAExecutionProvider" in chosen or "TensorrtExecutionProvider" in chosen:
+            load_cuda_libraries()
+        providers = [(p, self._provider_options[p]) if p in self._provider_options else p for p in chosen]
         try:
             card = TeacherCard.load(model_dir)
             session = self._session(model_dir, providers)

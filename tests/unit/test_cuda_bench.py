@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_without_cuda_it_says_what_to_install(capsys, tmp_path):
     out = tmp_path / "cuda-report.json"
     assert cuda_bench.main(["--out", str(out)]) == {"skipped": cuda_bench.missing()}
-    assert "pip install '.[gpu]'" in capsys.readouterr().out and not out.exists()
+    assert "make gpu" in capsys.readouterr().out and not out.exists()
 
 
 def test_windows_and_table_on_a_stand_in_provider(monkeypatch, tmp_path, teacher_dir, capsys):
