@@ -42,9 +42,9 @@ def ort_runner(model: str | Path, threads: int, input_name: str = "input", worke
     """``run(x)`` on an ONNX Runtime session on ``providers`` (the CPU's by default) with
     ``threads`` intra-op threads (as the service's embedded backend builds it, except that idle
     intra-op threads spin: ONNX Runtime's default, its fastest setting when nothing else needs
-    the cores). With ``workers`` > 1,
-    ``run_for`` runs it on that many threads at once through the one session, each running
-    ``x`` as a batch of its own, none waiting for another (the service's ``inference_workers``)."""
+    the cores). With ``workers`` > 1, ``run_for`` runs it on that many threads at once through
+    the one session, each running ``x`` as a batch of its own, none waiting for another (the
+    service's ``inference_workers``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -41,6 +41,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 REQUEST = {"light": 128, "heavy": 64}  # samples per producer request, as in bench
 
 
+def providers() -> list[str]:
+    """CUDA, then the CPU (once: the test's stand-in names the CPU as CUDA)."""
+    return list(dict.fromkeys([CUDA, "CPUExecutionProvider"]))
+
+
 def missing() -> str | None:
     """Why this cannot run here, or None."""
     if CUDA not in ort.get_available_providers():
@@ -53,7 +58,7 @@ def missing() -> str | None:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, "CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), providers=providers())
     if session.get_providers()[0] != CUDA:
         return "onnxruntime-gpu is installed but its CUDA provider found no usable GPU here"
     return None
@@ -71,13 +76,12 @@ def raw(kind: str, seconds: float) -> dict[str, Any]:
     """Raw ONNX Runtime on CUDA at its better batch of 256 and 1024."""
     model_dir = TEACHERS[kind]
     pool = teacher_inputs(kind, TeacherCard.load(model_dir))
-    run = ort_runner(model_dir / "model.onnx", threads=1, providers=tuple(dict.fromkeys([CUDA, "CPUExecutionProvider"])))
+    run = ort_runner(model_dir / "model.onnx", threads=1, providers=providers())
     return ort_sweep(run, pool, (256, 1024), seconds)
 
 
 def service(kind: str, variant: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    teacher = {"providers": list(dict.fromkeys([CUDA, "CPUExecutionProvider"])), "max_batch": 1024,
-               "inference_workers": 2, **variant}
+    teacher = {"providers": providers(), "max_batch": 1024, "inference_workers": 2, **variant}
     topic = {"policy": {"name": "fixed", "params": {"tau": 0.0}}}  # every label is written
     result = service_load.measure([
         "--model-dir", str(TEACHERS[kind]), "--producers", str(args.producers),

@@ -1,7 +1,7 @@
 """Batch-size buckets: a batch is padded up to one of a few sizes, so an accelerator sees few shapes.
 
 On a GPU, ONNX Runtime's CUDA provider redoes its per-shape set-up whenever a session's input
-shape differs from the one it ran last: on an H200 (``benchmarks/PERFORMANCE.md``, CUDA section),
+shape differs from the one it ran last: on an H200 (``benchmarks/PERFORMANCE.md``, session J),
 a ResNet-18 session alternating batches of 512 and 256 ran 211 ms a call with cuDNN's exhaustive
 algorithm search (the provider's default) and 33 ms with its heuristic one, against 5.7 ms for
 512 rows every time. The micro-batcher cuts batches of any size from 1 to ``max_batch``, so
