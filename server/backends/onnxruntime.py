@@ -176,8 +176,9 @@ class OnnxRuntimeBackend(TeacherBackend):
         self._loaded = loaded
         self._model_dir = Path(model_dir)
         self._dirs[loaded.metadata.version] = Path(model_dir)
-        log.info("teacher %s version %s serving on %s, batches padded to %s", loaded.metadata.name,
-                 loaded.metadata.version, loaded.session.get_providers(), loaded.buckets or "no buckets")
+        log.info("teacher %s version %s serving on %s%s", loaded.metadata.name, loaded.metadata.version,
+                 loaded.session.get_providers(),
+                 f", batches padded to {list(loaded.buckets)}" if loaded.buckets else "")
         return loaded.metadata.version
 
     def _session(self, model_dir: Path, providers: list[Any]) -> ort.InferenceSession:
