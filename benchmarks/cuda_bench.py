@@ -4,9 +4,11 @@
 
 Needs onnxruntime-gpu in place of onnxruntime (``make gpu``) and a GPU; elsewhere it says so and exits 0.
 Per teacher (the digits CNN and the random ResNet-18 of ``bench``): raw ONNX Runtime on the
-CUDA provider at batches of 256 and 1024 (numpy in and out, as the service calls it), then the
-service end to end over gRPC loopback with ``--producers`` producers, once per teacher variant
-below, then raw again. Each service window's ratio is against the mean of the two raw bests.
+CUDA provider at batches of 256 and 1024 (numpy in and out, as the service calls it); then, per
+teacher variant below, the embedded backend in this process, fed batches of eight sizes from 64
+to 1000 in turn (sizes in different buckets: what the micro-batcher cuts), and the service end
+to end over gRPC loopback with ``--producers`` producers; then raw again. Each window's ratio is
+against the mean of the two raw bests.
 
 The variants are batch buckets (``server/backends/buckets.py``) on and off, crossed with cuDNN's
 convolution algorithm search, exhaustive (ONNX Runtime's default: every algorithm timed the first
@@ -16,11 +18,13 @@ time a shape is seen) and heuristic (cuDNN's guess, nothing timed).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
@@ -28,7 +32,7 @@ from pseudostream.benchmarks import service_load
 from pseudostream.benchmarks.bench import TEACHERS, teacher_inputs
 from pseudostream.benchmarks.bench_runtime import ort_runner, ort_sweep
 from pseudostream.models.card import TeacherCard
-from pseudostream.server.backends.onnxruntime import load_cuda_libraries
+from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend, load_cuda_libraries
 
 CUDA = "CUDAExecutionProvider"
 HEURISTIC = {"provider_options": {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}}
@@ -39,6 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "buckets (auto), heuristic search": HEURISTIC,
 }
 REQUEST = {"light": 128, "heavy": 64}  # samples per producer request, as in bench
+BACKEND_SIZES = (1000, 130, 517, 260, 64, 999, 300, 700)  # in turn, each in another bucket than the last
 
 
 def providers() -> list[str]:
@@ -80,6 +85,25 @@ def raw(kind: str, seconds: float) -> dict[str, Any]:
     return ort_sweep(run, pool, (256, 1024), seconds)
 
 
+async def backend(kind: str, variant: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The embedded backend alone (one worker), ``BACKEND_SIZES`` in turn, back to back."""
+    pool = teacher_inputs(kind, TeacherCard.load(TEACHERS[kind]))
+    xs = [np.ascontiguousarray(np.resize(pool, (n, *pool.shape[1:]))) for n in BACKEND_SIZES]
+    async with OnnxRuntimeBackend(TEACHERS[kind], providers=providers(), max_batch=1024,
+                                  batch_buckets=variant.get("batch_buckets", "auto"),
+                                  provider_options=variant.get("provider_options")) as teacher:
+        for x in xs:  # every size once before the clock starts
+            await teacher.infer(x)
+        rows, calls, started = 0, 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            x = xs[calls % len(xs)]
+            await teacher.infer(x)
+            rows, calls = rows + len(x), calls + 1
+        elapsed = time.perf_counter() - started
+        return {"samples_per_s": round(rows / elapsed, 1), "calls": calls,
+                "ms_per_call": round(elapsed / calls * 1000, 3), "buckets": list(teacher.batch_buckets)}
+
+
 def service(kind: str, variant: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     teacher = {"providers": providers(), "max_batch": 1024, "inference_workers": 2, **variant}
     topic = {"policy": {"name": "fixed", "params": {"tau": 0.0}}}  # every label is written
@@ -93,17 +117,18 @@ def service(kind: str, variant: dict[str, Any], args: argparse.Namespace) -> dic
 
 def bench_teacher(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     before = raw(kind, args.seconds / 2)
+    alone = {name: asyncio.run(backend(kind, variant, args.seconds / 2)) for name, variant in VARIANTS.items()}
     windows = {name: service(kind, variant, args) for name, variant in VARIANTS.items()}
     after = raw(kind, args.seconds / 2)
     reference = (before["best"]["samples_per_s"] + after["best"]["samples_per_s"]) / 2
-    for result in windows.values():
-        result["service_vs_raw"] = round(result["samples_per_s"] / reference, 4)
+    for result in (*alone.values(), *windows.values()):
+        result["vs_raw"] = round(result["samples_per_s"] / reference, 4)
     return {"raw_before": before, "raw_after": after, "raw_reference": round(reference, 1),
-            "service": windows}
+            "backend": alone, "service": windows}
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = ["| teacher | run | samples/s | p50 ms | p99 ms | batch | service/raw |",
+    lines = ["| teacher | run | samples/s | p50 ms (backend alone: a call) | p99 ms | batch | vs raw |",
              "|---|---|---|---|---|---|---|"]
     for kind, r in report.items():
         for when in ("raw_before", "raw_after"):
@@ -111,9 +136,12 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"| {kind} | raw ORT CUDA ({when[4:]}), batch {best['batch']} | "
                          f"{best['samples_per_s']:.0f} | {best['p50_ms']:.2f} | {best['p99_ms']:.2f} | "
                          f"{best['batch']} | |")
+        for name, w in r["backend"].items():
+            lines.append(f"| {kind} | backend alone, {name} | {w['samples_per_s']:.0f} | "
+                         f"{w['ms_per_call']:.2f} | | 64 to 1000 | {w['vs_raw']:.4f} |")
         for name, w in r["service"].items():
             lines.append(f"| {kind} | service, {name} | {w['samples_per_s']:.0f} | {w['p50_ms']:.1f} | "
-                         f"{w['p99_ms']:.1f} | {w['effective_batch']:.0f} | {w['service_vs_raw']:.4f} |")
+                         f"{w['p99_ms']:.1f} | {w['effective_batch']:.0f} | {w['vs_raw']:.4f} |")
     return "\n".join(lines)
 
 

@@ -35,6 +35,12 @@ def test_windows_and_table_on_a_stand_in_provider(monkeypatch, tmp_path, teacher
     for name in ("no buckets", "buckets"):
         window = light["service"][name]
         assert window["samples_per_s"] > 0 and window["requests"] > 0
-        assert window["service_vs_raw"] == round(window["samples_per_s"] / light["raw_reference"], 4)
+        assert window["vs_raw"] == round(window["samples_per_s"] / light["raw_reference"], 4)
+        alone = light["backend"][name]
+        assert alone["samples_per_s"] > 0 and alone["calls"] >= 1
+        assert alone["vs_raw"] == round(alone["samples_per_s"] / light["raw_reference"], 4)
+    assert light["backend"]["no buckets"]["buckets"] == []
+    assert light["backend"]["buckets"]["buckets"] == [8, 16, 32, 64, 128, 256, 512, 1024]
     printed = capsys.readouterr().out
     assert "| light | service, buckets |" in printed and "| light | raw ORT CUDA (before)" in printed
+    assert "| light | backend alone, buckets |" in printed
