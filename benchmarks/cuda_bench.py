@@ -43,7 +43,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "buckets (auto), heuristic search": HEURISTIC,
 }
 REQUEST = {"light": 128, "heavy": 64}  # samples per producer request, as in bench
-BACKEND_SIZES = (1000, 130, 517, 260, 64, 999, 300, 700)  # in turn, each in another bucket than the last
+BACKEND_SIZES = (1000, 130, 517, 260, 64, 999, 300, 200)  # in turn, each in another bucket than the last
 
 
 def providers() -> list[str]:
