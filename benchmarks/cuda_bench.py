@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from pseudostream.benchmarks import service_load
 from pseudostream.benchmarks.bench import TEACHERS, teacher_inputs
 from pseudostream.benchmarks.bench_runtime import ort_runner, ort_sweep
 from pseudostream.models.card import TeacherCard
-from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend, load_cuda_libraries
+from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend, cuda_unavailable
 
 CUDA = "CUDAExecutionProvider"
 HEURISTIC = {"provider_options": {CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}}}
@@ -49,24 +47,6 @@ BACKEND_SIZES = (1000, 130, 517, 260, 64, 999, 300, 200)  # in turn, each in ano
 def providers() -> list[str]:
     """CUDA, then the CPU (once: the test's stand-in names the CPU as CUDA)."""
     return list(dict.fromkeys([CUDA, "CPUExecutionProvider"]))
-
-
-def missing() -> str | None:
-    """Why this cannot run here, or None."""
-    if CUDA not in ort.get_available_providers():
-        return ("onnxruntime here has no CUDAExecutionProvider (onnxruntime-gpu not installed "
-                "in its place: make gpu)")
-    # The CUDA build lists its provider without a GPU too; a session then falls back to the CPU.
-    load_cuda_libraries()
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=providers())
-    if session.get_providers()[0] != CUDA:
-        return "onnxruntime-gpu is installed but its CUDA provider found no usable GPU here"
-    return None
 
 
 def build_teachers() -> None:
@@ -152,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--teachers", default="light,heavy", help="comma-separated: light, heavy")
     p.add_argument("--out", type=Path, default=Path("cuda-report.json"))
     args = p.parse_args(argv)
-    if (reason := missing()) is not None:
+    if (reason := cuda_unavailable()) is not None:
         print(f"cuda_bench skipped: {reason}")
         return {"skipped": reason}
     build_teachers()

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from pseudostream.models.card import TeacherCard
 from pseudostream.server.backends.base import BACKENDS, TeacherBackend, TeacherMetadata, TeacherOutput
 from pseudostream.server.backends.buckets import BucketSpec, bucket_for, bucket_sizes, padded
 from pseudostream.server.errors import TeacherUnavailable, UnknownName
 
-__all__ = ["OnnxRuntimeBackend", "load_cuda_libraries", "metadata_from_card"]
+__all__ = ["OnnxRuntimeBackend", "cuda_unavailable", "load_cuda_libraries", "metadata_from_card"]
 
 log = logging.getLogger(__name__)
 _cuda_loaded = False
@@ -33,6 +34,26 @@ def load_cuda_libraries() -> None:
     if not _cuda_loaded and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
     _cuda_loaded = True
+
+
+def cuda_unavailable() -> str | None:
+    """Why a session here cannot run on the CUDA provider, or None when it can. The CUDA build
+    lists its provider without a GPU too, and a session then falls back to the CPU: a one-node
+    session tells."""
+    cuda = "CUDAExecutionProvider"
+    if cuda not in ort.get_available_providers():
+        return (f"onnxruntime here has no {cuda} (onnxruntime-gpu not installed in its place: "
+                "make gpu)")
+    load_cuda_libraries()
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=[cuda, "CPUExecutionProvider"])
+    if session.get_providers()[0] != cuda:
+        return "onnxruntime-gpu is installed but its CUDA provider found no usable GPU here"
+    return None
 
 
 def metadata_from_card(card: TeacherCard) -> TeacherMetadata:

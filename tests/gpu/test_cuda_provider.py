@@ -12,25 +12,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend, load_cuda_libraries
+from pseudostream.server.backends.onnxruntime import OnnxRuntimeBackend, cuda_unavailable
 
 CUDA = "CUDAExecutionProvider"
+_MISSING = cuda_unavailable()
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(CUDA not in ort.get_available_providers(),
-                       reason="onnxruntime here has no CUDAExecutionProvider (no GPU, or "
-                              "onnxruntime-gpu not installed: make gpu)"),
-]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cuda_device(teacher_dir) -> None:
-    """Skip where the CUDA build is installed but no GPU answers (its session falls back to the CPU)."""
-    load_cuda_libraries()
-    session = ort.InferenceSession(str(teacher_dir / "model.onnx"), providers=[CUDA, "CPUExecutionProvider"])
-    if session.get_providers()[0] != CUDA:
-        pytest.skip("onnxruntime-gpu is installed but its CUDA provider found no usable GPU here")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ pytestmark = pytest.mark.integration
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is here")
 def test_without_cuda_it_says_what_to_install(capsys, tmp_path):
     out = tmp_path / "cuda-report.json"
-    assert cuda_bench.main(["--out", str(out)]) == {"skipped": cuda_bench.missing()}
+    assert cuda_bench.main(["--out", str(out)]) == {"skipped": cuda_bench.cuda_unavailable()}
     assert "make gpu" in capsys.readouterr().out and not out.exists()
 
 
 def test_windows_and_table_on_a_stand_in_provider(monkeypatch, tmp_path, teacher_dir, capsys):
     monkeypatch.setattr(cuda_bench, "CUDA", "CPUExecutionProvider")
-    monkeypatch.setattr(cuda_bench, "missing", lambda: None)
+    monkeypatch.setattr(cuda_bench, "cuda_unavailable", lambda: None)
     monkeypatch.setattr(cuda_bench, "build_teachers", lambda: None)
     monkeypatch.setattr(cuda_bench, "TEACHERS", {"light": teacher_dir})
     monkeypatch.setattr(cuda_bench, "VARIANTS", {"no buckets": {"batch_buckets": "off"},
