@@ -87,12 +87,10 @@ async def backend(kind: str, variant: dict[str, Any], seconds: float) -> dict[st
 def service(kind: str, variant: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     teacher = {"providers": providers(), "max_batch": 1024, "inference_workers": 2, **variant}
     topic = {"policy": {"name": "fixed", "params": {"tau": 0.0}}}  # every label is written
-    result = service_load.measure([
+    return service_load.measure([
         "--model-dir", str(TEACHERS[kind]), "--producers", str(args.producers),
         "--request", str(REQUEST[kind]), "--seconds", str(args.seconds),
         "--teacher", json.dumps(teacher), "--topic", json.dumps(topic)])
-    result.pop("thread_cpu_ms_per_1k", None)
-    return result
 
 
 def bench_teacher(kind: str, args: argparse.Namespace) -> dict[str, Any]:
