@@ -11,7 +11,7 @@ process"; a PASSIVE checkpoint never blocks the writer.
 ``Checkpointer.wrote(n)`` is told the bytes each append added; past ``every_bytes`` it wakes
 its thread, which runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection. It also runs
 every ``interval_s`` (the pending rows of reads and acks are not counted). The writer keeps an
-automatic checkpoint at ``BACKSTOP_PAGES``, so the WAL stays bounded should this thread lag.
+automatic checkpoint at ``BACKSTOP_BYTES`` of WAL, so the WAL stays bounded should this thread lag.
 The WAL starts over from its beginning only when a write begins after a checkpoint copied all
 of it. Under steady appends a checkpoint of 4 MB rarely ends between two commits, so each one
 leaves the frames committed while it ran, and the WAL grew to the backstop (64 MB, where one
@@ -27,12 +27,12 @@ import logging
 import sqlite3
 import threading
 
-__all__ = ["Checkpointer", "BACKSTOP_PAGES", "CATCH_UP", "EVERY_BYTES"]
+__all__ = ["Checkpointer", "BACKSTOP_BYTES", "CATCH_UP", "EVERY_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 EVERY_BYTES = 4 << 20  # about SQLite's own default of 1000 pages of 4 KiB
-BACKSTOP_PAGES = 16000  # the writer's own checkpoint, only when this thread lags far behind
+BACKSTOP_BYTES = 64 << 20  # the writer's own checkpoint, only when this thread lags far behind
 CATCH_UP = 4  # passes of one checkpoint while the writer keeps committing frames
 
 
@@ -81,7 +81,7 @@ class Checkpointer:
             conn.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
             logger.warning("label log %s: no background checkpoints (%s); the writer checkpoints "
-                           "every %d pages itself", self.path, exc, BACKSTOP_PAGES)
+                           "every %d MiB of WAL itself", self.path, exc, BACKSTOP_BYTES >> 20)
             return
         try:
             while True:

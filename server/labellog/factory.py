@@ -15,7 +15,8 @@ def make_label_log(config: LabelLogConfig) -> LabelLog:
 
         config.path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteLabelLog(config.path, visibility_timeout_s=config.visibility_timeout_s,
-                              synchronous=config.synchronous, max_len=config.max_len,
+                              synchronous=config.synchronous, page_size=config.page_size,
+                              max_len=config.max_len,
                               max_age_s=config.max_age_s)
     if config.kind == "redis":
         from pseudostream.server.labellog.redis import RedisLabelLog

@@ -29,6 +29,18 @@ def test_yaml_with_environment_overrides(tmp_path, monkeypatch):
     assert cfg.topics["digits"].policy.params == {"tau": 0.9}
 
 
+def test_label_log_page_size_from_the_environment_and_its_error(tmp_path, monkeypatch):
+    path = tmp_path / "service.yaml"
+    path.write_text(YAML)
+    assert load_config(path).label_log.page_size == 16384
+    monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__PAGE_SIZE", "65536")
+    assert load_config(path).label_log.page_size == 65536
+    monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__PAGE_SIZE", "10000")
+    with pytest.raises(ConfigError, match=r"label_log.page_size: .*10000 is no SQLite page size .* use one of "
+                                          r"\(4096, 8192, 16384, 32768, 65536\)"):
+        load_config(path)
+
+
 def test_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"teachers.t.max_batch: Input should be greater"):
         load_config(teachers={"t": {"model_dir": "/m", "max_batch": 0}})

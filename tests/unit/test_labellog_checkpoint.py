@@ -12,7 +12,7 @@ import numpy as np
 
 from pseudostream.benchmarks.log_append import batch  # a batch of accepted samples, ids k-i
 from pseudostream.server.labellog import SqliteLabelLog
-from pseudostream.server.labellog._checkpoint import BACKSTOP_PAGES, EVERY_BYTES, Checkpointer
+from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, EVERY_BYTES, Checkpointer
 
 
 def wal_file(tmp_path: Path) -> Path:
@@ -58,16 +58,16 @@ def test_a_checkpoint_also_runs_every_interval(tmp_path: Path):
 
 
 async def test_the_logs_appends_are_checkpointed_by_the_background_thread(tmp_path: Path):
-    """Two appends of 3 MB of samples: the writer's own checkpoint is far off (BACKSTOP_PAGES),
+    """Two appends of 3 MB of samples: the writer's own checkpoint is far off (BACKSTOP_BYTES),
     yet the pages reach the database file, copied there by the checkpoint thread."""
     db = tmp_path / "labels.db"
     n = 256
     samples = np.random.default_rng(0).random((n, 3, 32, 32), dtype=np.float32)
     async with SqliteLabelLog(db) as log:
-        assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_PAGES
+        assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_BYTES // 16384
         for k in range(2):
             await log.append("t", batch(k, samples))
-        assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_PAGES * 4096
+        assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_BYTES
         checkpointer = log._checkpointer
         assert checkpointer is not None
         for _ in range(1000):
@@ -88,7 +88,7 @@ def test_a_file_it_cannot_open_leaves_a_warning_not_a_dead_thread(tmp_path: Path
         cp = Checkpointer(path)
         cp._thread.join(timeout=10)
     assert not cp._thread.is_alive() and cp.runs == 0
-    assert "no background checkpoints" in caplog.text and f"every {BACKSTOP_PAGES} pages" in caplog.text
+    assert "no background checkpoints" in caplog.text and f"every {BACKSTOP_BYTES >> 20} MiB of WAL" in caplog.text
     cp.close()  # still fine to close
 
 
@@ -117,7 +117,7 @@ def test_a_checkpoint_passes_again_until_no_frame_is_left_so_the_wal_starts_over
 async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
     """Appends every few ms, as a busy service makes them: the WAL is copied and started over
     again and again (its frame count drops), far below the writer's backstop. Without the
-    catch-up passes it only grows, until the backstop's own checkpoint at 16000 pages."""
+    catch-up passes it only grows, until the backstop's own checkpoint at 64 MiB of WAL."""
     db = tmp_path / "labels.db"
     n = 256
     samples = np.random.default_rng(0).random((n, 1, 8, 8), dtype=np.float32)
@@ -133,4 +133,4 @@ async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
             k += 1
             assert checkpointer.runs < 30 and k < 5000, (checkpointer.runs, k, max(frames))
             await asyncio.sleep(0.005)
-    assert max(frames) < BACKSTOP_PAGES // 2, max(frames)
+    assert max(frames) < BACKSTOP_BYTES // 16384 // 2, max(frames)  # frames are 16 KiB pages

@@ -215,3 +215,37 @@ def test_one_log_serves_successive_event_loops(db: Path):
     assert asyncio.run(wait_then_append()) == [0]
     assert asyncio.run(wait_then_append()) == [1]
     asyncio.run(log.close())
+
+
+def page_size(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    return size
+
+
+async def test_a_new_file_gets_16_kib_pages_and_the_size_asked_for(tmp_path: Path):
+    async with SqliteLabelLog(tmp_path / "default.db") as log:
+        await log.append("t", make_batch(3))
+    assert page_size(tmp_path / "default.db") == 16384
+    async with SqliteLabelLog(tmp_path / "large.db", page_size=65536) as log:
+        await log.append("t", make_batch(3))
+    assert page_size(tmp_path / "large.db") == 65536
+
+
+async def test_an_existing_file_keeps_its_page_size_and_its_records(db: Path, caplog):
+    async with SqliteLabelLog(db, page_size=4096) as log:
+        await log.append("t", make_batch(5))
+    with caplog.at_level("INFO", logger="pseudostream.server.labellog.sqlite"):
+        async with SqliteLabelLog(db, page_size=65536) as log:
+            assert [r.sample_id for r in await log.read("t", "g", "c", max_records=10)] == [f"s{k}" for k in range(5)]
+            await log.append("t", make_batch(1))
+    assert page_size(db) == 4096
+    assert "keeps the page size of 4096 bytes" in caplog.text
+
+
+@pytest.mark.parametrize("size", [1000, 2048, 131072])
+def test_a_page_size_sqlite_would_not_take_is_refused(db: Path, size: int):
+    with pytest.raises(ConfigError, match="page_size must be one of"):
+        SqliteLabelLog(db, page_size=size)
+    assert not db.exists()
