@@ -225,9 +225,6 @@ class TopicConfig(_Strict):
         "or sanitize (replace them with 0 on a copy and label it)")
 
 
-# 16 KiB pages: the service with 12 KiB samples (3x32x32 float32) ran 17-19% faster than with
-# SQLite's default 4 KiB, the digits' 256-byte samples no slower (PERFORMANCE.md, session K).
-SQLITE_PAGE_SIZE = 16384
 SQLITE_PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)
 
 
@@ -238,9 +235,10 @@ class LabelLogConfig(_Strict):
     kind: Literal["sqlite", "redis"] = "sqlite"
     path: Path = Field(Path("pseudostream-labels.db"), description="sqlite: the database file")
     synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", description="sqlite durability")
-    page_size: int = Field(
-        SQLITE_PAGE_SIZE, description="sqlite: bytes per database page of a new file, a power of two "
-        "from 4096 to 65536 (an existing file keeps its own); larger pages write sample blobs faster")
+    page_size: int | Literal["auto"] = Field(
+        "auto", description="sqlite: bytes per database page of a new file, a power of two from 4096 "
+        "to 65536 (an existing file keeps its own); auto: 65536 where a topic stores samples of 8 KiB "
+        "or more, else SQLite's 4096 (labellog.factory.page_size_for)")
     url: str = Field("redis://127.0.0.1:6379/0", description="redis: server URL")
     prefix: str = Field("pseudostream", description="redis: key prefix")
     max_len: int | None = Field(None, ge=1, description="retention: records kept per topic "
@@ -250,9 +248,10 @@ class LabelLogConfig(_Strict):
 
     @field_validator("page_size")
     @classmethod
-    def _page_size(cls, value: int) -> int:
-        if value not in SQLITE_PAGE_SIZES:
-            raise ValueError(f"{value} is no SQLite page size for a label log; use one of {SQLITE_PAGE_SIZES}")
+    def _page_size(cls, value: int | str) -> int | str:
+        if value != "auto" and value not in SQLITE_PAGE_SIZES:
+            raise ValueError(f"{value} is no SQLite page size for a label log; use one of "
+                             f"{SQLITE_PAGE_SIZES} or auto")
         return value
 
 

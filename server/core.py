@@ -86,7 +86,6 @@ class LabelingCore:
 
     async def start(self) -> None:
         """Open the label log, load every teacher, restore topic state, start the batchers."""
-        self.log = make_label_log(self.config.label_log)
         for name, tcfg in self.config.teachers.items():
             backend = make_backend(tcfg)
             await backend.start()
@@ -94,6 +93,7 @@ class LabelingCore:
             self.metrics.teacher.labels(name).info({"version": backend.metadata.version})
             if tcfg.model_dir is not None:
                 self.dirs[name] = {backend.metadata.version: Path(tcfg.model_dir)}
+        self.log = make_label_log(self.config.label_log, self._stored_sample_bytes())
         for name, topic_cfg in self.config.topics.items():
             teacher = self.backends[topic_cfg.teacher].metadata
             topic = TopicRuntime(name, topic_cfg, teacher, self.log, self.config.checkpoint_every)
@@ -191,6 +191,12 @@ class LabelingCore:
                                                    request.inputs[start:end], meta,
                                                    trusted=request.trusted)))
         return LabelOutcome.concat(await asyncio.gather(*futures))
+
+    def _stored_sample_bytes(self) -> int:
+        """The largest sample a topic keeps in the log (0 when none stores samples)."""
+        sizes = [self.backends[t.teacher].metadata.sample_nbytes
+                 for t in self.config.topics.values() if t.store_samples]
+        return max(sizes, default=0)
 
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> tuple[int, int]:
         """Ack ``offsets`` for ``group``; returns (newly acked, committed offset)."""

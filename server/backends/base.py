@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ class TeacherMetadata:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def sample_nbytes(self) -> int:
+        """Bytes of one input sample."""
+        return math.prod(self.input_shape) * self.input_dtype.itemsize
 
 
 @dataclass(frozen=True)

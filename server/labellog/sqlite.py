@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pseudostream.server.config import SQLITE_PAGE_SIZE, SQLITE_PAGE_SIZES
+from pseudostream.server.config import SQLITE_PAGE_SIZES
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
 from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, Checkpointer
 from pseudostream.server.labellog._recent import (RecentIndex, expire_decided, load_decided, read_decided,
@@ -61,11 +61,11 @@ class SqliteLabelLog(LabelLog):
     work but WAL checkpoints (own thread and connection, ``_checkpoint``) runs on one worker
     thread; opening blocks the caller while the schema is created. Samples are little-endian.
 
-    Pages: a new file gets ``page_size`` bytes per page (16 KiB by default; SQLite's own is 4
-    KiB). A batch's samples are one blob spread over overflow pages, written to the WAL and again
-    by the checkpoint, page by page: with 12 KiB samples the service ran 17-19% faster on 16 KiB
-    pages and 26-29% on 64 KiB, while 64 KiB cost the digits' 256-byte samples about 5%
-    (PERFORMANCE.md, session K). A file keeps the page size it was created with.
+    Pages: a new file gets ``page_size`` bytes per page (SQLite's own 4 KiB by default; the
+    service's config picks 64 KiB for large samples: ``factory.page_size_for``). A batch's samples
+    are one blob spread over overflow pages, written to the WAL and again by the checkpoint, page
+    by page, so large samples go faster on large pages, while every small write (a pending row, an
+    idempotency entry) writes whole pages too. A file keeps the page size it was created with.
     """
 
     def __init__(
@@ -76,7 +76,7 @@ class SqliteLabelLog(LabelLog):
         poll_interval_s: float = 0.05,
         max_len: int | None = None,
         max_age_s: float | None = None,
-        page_size: int = SQLITE_PAGE_SIZE,
+        page_size: int = 4096,
     ) -> None:
         if not visibility_timeout_s > 0 or not poll_interval_s > 0:
             raise ConfigError("visibility_timeout_s and poll_interval_s must be > 0 seconds")

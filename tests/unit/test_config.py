@@ -6,6 +6,7 @@ import pytest
 
 from pseudostream.server.config import load_config
 from pseudostream.server.errors import ConfigError
+from pseudostream.server.labellog.factory import page_size_for
 
 YAML = """
 port: 0
@@ -32,12 +33,16 @@ def test_yaml_with_environment_overrides(tmp_path, monkeypatch):
 def test_label_log_page_size_from_the_environment_and_its_error(tmp_path, monkeypatch):
     path = tmp_path / "service.yaml"
     path.write_text(YAML)
-    assert load_config(path).label_log.page_size == 16384
-    monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__PAGE_SIZE", "65536")
-    assert load_config(path).label_log.page_size == 65536
+    config = load_config(path).label_log
+    assert config.page_size == "auto"
+    assert (page_size_for(config, 256), page_size_for(config, 12288)) == (4096, 65536)
+    monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__PAGE_SIZE", "16384")
+    config = load_config(path).label_log
+    assert config.page_size == 16384
+    assert (page_size_for(config, 256), page_size_for(config, 12288)) == (16384, 16384)
     monkeypatch.setenv("PSEUDOSTREAM_LABEL_LOG__PAGE_SIZE", "10000")
     with pytest.raises(ConfigError, match=r"label_log.page_size: .*10000 is no SQLite page size .* use one of "
-                                          r"\(4096, 8192, 16384, 32768, 65536\)"):
+                                          r"\(4096, 8192, 16384, 32768, 65536\) or auto"):
         load_config(path)
 
 

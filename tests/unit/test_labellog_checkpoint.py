@@ -64,7 +64,7 @@ async def test_the_logs_appends_are_checkpointed_by_the_background_thread(tmp_pa
     n = 256
     samples = np.random.default_rng(0).random((n, 3, 32, 32), dtype=np.float32)
     async with SqliteLabelLog(db) as log:
-        assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_BYTES // 16384
+        assert await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint", ()) == BACKSTOP_BYTES // 4096
         for k in range(2):
             await log.append("t", batch(k, samples))
         assert 2 * samples.nbytes > EVERY_BYTES and 2 * samples.nbytes < BACKSTOP_BYTES
@@ -133,4 +133,4 @@ async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
             k += 1
             assert checkpointer.runs < 30 and k < 5000, (checkpointer.runs, k, max(frames))
             await asyncio.sleep(0.005)
-    assert max(frames) < BACKSTOP_BYTES // 16384 // 2, max(frames)  # frames are 16 KiB pages
+    assert max(frames) < BACKSTOP_BYTES // 4096 // 2, max(frames)  # frames are 4 KiB pages

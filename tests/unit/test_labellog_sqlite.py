@@ -224,10 +224,10 @@ def page_size(db: Path) -> int:
     return size
 
 
-async def test_a_new_file_gets_16_kib_pages_and_the_size_asked_for(tmp_path: Path):
+async def test_a_new_file_gets_sqlites_4_kib_pages_or_the_size_asked_for(tmp_path: Path):
     async with SqliteLabelLog(tmp_path / "default.db") as log:
         await log.append("t", make_batch(3))
-    assert page_size(tmp_path / "default.db") == 16384
+    assert page_size(tmp_path / "default.db") == 4096
     async with SqliteLabelLog(tmp_path / "large.db", page_size=65536) as log:
         await log.append("t", make_batch(3))
     assert page_size(tmp_path / "large.db") == 65536
