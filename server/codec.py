@@ -52,13 +52,14 @@ def decode_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
         raise InvalidInput(f"{what}: {len(shape)} dimensions, limit {MAX_TENSOR_DIMS}")
     dtype = np.dtype(tensor.dtype).newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot wrap around
-    if len(tensor.data) != expected:
+    data = tensor.data  # protobuf (upb) copies a bytes field at every access: once only
+    if len(data) != expected:
         raise InvalidInput(
-            f"{what}: {len(tensor.data)} bytes do not match shape {list(shape)} of "
+            f"{what}: {len(data)} bytes do not match shape {list(shape)} of "
             f"{tensor.dtype} ({expected} bytes expected, little-endian, C order)"
         )
     try:
-        return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
     except ValueError:  # e.g. [2**62, 4, 0]: no bytes, but sizes numpy cannot index
         raise InvalidInput(f"{what}: shape {list(shape)} is too large to index") from None
 

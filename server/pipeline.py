@@ -290,7 +290,7 @@ class TeacherPipeline:
                 threshold=decisions.threshold[accepted],
                 teacher_version=version,
                 policy=topic.policy.name,
-                samples=x[rows[accepted]] if topic.config.store_samples else None,
+                samples=_rows_of(x, rows[accepted]) if topic.config.store_samples else None,
                 metadata=None if metadata is None else [metadata[k] for k in accepted.tolist()],
                 positive=None if decisions.positive is None else decisions.positive[accepted],
                 negative=None if decisions.negative is None else decisions.negative[accepted],
@@ -388,3 +388,12 @@ def _audit_labels(metadata: list[Mapping[str, str]] | None, key: str | None, n: 
         return None
     truth = np.array([int(m.get(key, -1)) for m in metadata], np.int64)
     return truth if (truth >= 0).any() else None
+
+
+def _rows_of(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]``: a view where ``rows`` is a run of consecutive rows (every sample of a request
+    accepted, the common case at a low threshold), else a copy. ``x`` is never written after
+    inference (it views the requests' bytes or is this batch's own concatenation)."""
+    if rows.size and rows[-1] - rows[0] == rows.size - 1 and (rows.size < 3 or (np.diff(rows) == 1).all()):
+        return x[rows[0]:rows[-1] + 1]
+    return x[rows]

@@ -48,14 +48,15 @@ def pack(batch: LabelBatch, created_at: float) -> tuple:
         classes = "[" + ",".join(class_lists(batch, n)) + "]"
     samples = shape = dtype = None
     if little is not None:
-        samples, shape, dtype = little.tobytes(), json.dumps(list(little.shape[1:])), little.dtype.name
+        # The array's own bytes: sqlite3 binds any buffer (and copies it once, into the page).
+        samples, shape, dtype = memoryview(little).cast("B"), json.dumps(list(little.shape[1:])), little.dtype.name
     return (n, created_at, batch.teacher_version, batch.policy, json.dumps([str(i) for i in batch.ids]),
             _numbers(batch.label, scores), samples, shape, dtype, metadata, classes)
 
 
 def nbytes(segment: tuple | None) -> int:
     """About the bytes a segment adds to the file: its blobs and texts (0 for None)."""
-    return 0 if segment is None else sum(len(v) for v in segment if isinstance(v, (bytes, str)))
+    return 0 if segment is None else sum(len(v) for v in segment if isinstance(v, (bytes, str, memoryview)))
 
 
 def pack_rows(rows: Sequence[tuple]) -> tuple:

@@ -12,7 +12,7 @@ import pytest
 
 from pseudostream.server.labellog import LabelBatch, SqliteLabelLog
 from pseudostream.server.labellog._rows import batch_rows
-from pseudostream.server.labellog._segments import nbytes, pack
+from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, nbytes, pack
 
 
 def make_batch(n: int, prefix: str = "s", samples: np.ndarray | None = None, **extra) -> LabelBatch:
@@ -102,6 +102,9 @@ async def test_a_file_of_an_earlier_release_is_moved_into_segments(db: Path):
 def test_nbytes_counts_a_segments_blobs_and_texts():
     samples = np.zeros((4, 2, 3), np.float32)
     segment = pack(make_batch(4, samples=samples), 1.0)
-    texts = [v for v in segment if isinstance(v, (bytes, str))]
+    blob = segment[SEGMENT_COLUMNS.index("samples")]
+    assert isinstance(blob, memoryview) and np.shares_memory(np.frombuffer(blob, np.uint8), samples)  # no copy
+    assert bytes(blob) == samples.tobytes()
+    texts = [v for v in segment if isinstance(v, (bytes, str, memoryview))]
     assert nbytes(segment) == sum(map(len, texts)) > samples.nbytes + 4 * 8  # samples, then labels and scores
     assert nbytes(None) == 0
