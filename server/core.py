@@ -85,7 +85,8 @@ class LabelingCore:
         self.ready = False
 
     async def start(self) -> None:
-        """Open the label log, load every teacher, restore topic state, start the batchers."""
+        """Load every teacher, open the label log (its page size follows the samples the topics
+        store), restore topic state, start the batchers."""
         for name, tcfg in self.config.teachers.items():
             backend = make_backend(tcfg)
             await backend.start()
