@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import sqlite3
 import time
@@ -17,16 +16,14 @@ import numpy as np
 
 from pseudostream.server.config import SQLITE_PAGE_SIZES
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
-from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, Checkpointer
-from pseudostream.server.labellog._recent import (RecentIndex, expire_decided, load_decided, read_decided,
-                                                  write_decided)
+from pseudostream.server.labellog._checkpoint import Checkpointer
+from pseudostream.server.labellog._recent import RecentIndex, expire_decided, read_decided, write_decided
 from pseudostream.server.labellog._segments import nbytes, pack
-from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, SCHEMA, fetch_records, migrate
+from pseudostream.server.labellog._sqlite_open import open_file
+from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, fetch_records
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 
 __all__ = ["SqliteLabelLog"]
-
-logger = logging.getLogger(__name__)
 
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -94,7 +91,7 @@ class SqliteLabelLog(LabelLog):
         self._waiters: dict[str, set[asyncio.Future]] = {}  # readers waiting for an append
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-labellog")
         try:
-            fut = self._executor.submit(self._guarded, "open", self._open, (synchronous.upper(), page_size))
+            fut = self._executor.submit(self._guarded, "open", open_file, (self.path, synchronous.upper(), page_size))
             self._conn: sqlite3.Connection
             self._recent: RecentIndex  # which idempotency row holds each remembered id (``_recent``)
             self._conn, wal, self._recent = fut.result()
@@ -259,36 +256,6 @@ class SqliteLabelLog(LabelLog):
             return fn(*args)
         except sqlite3.Error as exc:
             raise PseudostreamError(f"label log {op} failed on {self.path!r}: {exc}") from exc
-
-    def _open(self, synchronous: str, page_size: int) -> tuple[sqlite3.Connection, bool, RecentIndex]:
-        conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
-        try:
-            conn.execute(f"PRAGMA page_size={page_size}")  # a new file only; set before WAL
-            wal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal"
-            if wal:
-                pages = BACKSTOP_BYTES // conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
-            else:
-                logger.warning("label log %s does not run in WAL mode", self.path)
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(SCHEMA)
-            if (kept := conn.execute("PRAGMA page_size").fetchone()[0]) != page_size:
-                logger.info("label log %s keeps the page size of %d bytes it was created with "
-                            "(page_size %d applies to new files)", self.path, kept, page_size)
-            now = time.time()
-            moved, entries = migrate(conn, now)
-            if moved or entries:
-                logger.info("label log %s: moved %d records and %d idempotency entries of an earlier release",
-                            self.path, moved, entries)
-            released = conn.execute("UPDATE pending SET deadline = 0").rowcount  # restart rule
-            if released:
-                logger.info("label log %s: released %d pending deliveries", self.path, released)
-            recent = load_decided(conn, now)
-        except BaseException:
-            conn.close()
-            raise
-        return conn, wal, recent
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
