@@ -30,8 +30,7 @@ class SharedMemoryPool:
     def __init__(self, client: triton.InferenceServerClient, model: str, meta: TeacherMetadata,
                  max_batch: int, outputs: tuple[str, ...], size: int = 2) -> None:
         self.client, self.model, self.meta, self.outputs = client, model, meta, outputs
-        sample_bytes = int(np.prod(meta.input_shape)) * meta.input_dtype.itemsize
-        self.in_bytes = max_batch * sample_bytes
+        self.in_bytes = max_batch * meta.sample_nbytes
         self.out_bytes = max_batch * _OUT_BYTES_PER_SAMPLE
         self.size = size
         self._free: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
