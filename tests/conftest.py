@@ -105,6 +105,22 @@ def ort_probabilities(teacher_dir: Path, x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _sqlite_page_size(path: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_page_size() -> Callable[[Path], int]:
+    """``sqlite_page_size(path)``: the page size of the SQLite file at ``path``."""
+    return _sqlite_page_size
+
+
 @pytest.fixture(scope="session")
 def reference_probs(teacher_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """Direct ONNX Runtime reference for the teacher's calibrated probabilities."""

@@ -4,7 +4,6 @@ where a topic stores samples of 8 KiB or more (a 3x32x32 float32 image is 12 KiB
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +37,6 @@ def image_teacher(tmp_path_factory) -> Path:
     return out
 
 
-def page_size(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("PRAGMA page_size").fetchone()[0]
-    finally:
-        conn.close()
-
-
 async def label_and_stop(config, topic: str, x: np.ndarray) -> None:
     core = LabelingCore(config)
     await core.start()
@@ -65,27 +56,29 @@ def image_config(make_config, image_teacher: Path, **label_log):
         label_log=label_log)
 
 
-async def test_large_samples_get_64_kib_pages_small_ones_4_kib(make_config, image_teacher, digits, tmp_path):
+async def test_large_samples_get_64_kib_pages_small_ones_4_kib(make_config, image_teacher, digits, tmp_path,
+                                                                sqlite_page_size):
     images = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
     await label_and_stop(image_config(make_config, image_teacher, path=tmp_path / "images.db"), "images", images)
-    assert page_size(tmp_path / "images.db") == 65536
+    assert sqlite_page_size(tmp_path / "images.db") == 65536
     digits_config = make_config(label_log={"path": tmp_path / "digits.db"},
                                 topics={"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}})
     await label_and_stop(digits_config, "digits", np.ascontiguousarray(digits.stream_x[:4]))
-    assert page_size(tmp_path / "digits.db") == 4096
+    assert sqlite_page_size(tmp_path / "digits.db") == 4096
 
 
-async def test_large_samples_not_stored_or_a_configured_size_keep_theirs(make_config, image_teacher, tmp_path):
+async def test_large_samples_not_stored_or_a_configured_size_keep_theirs(make_config, image_teacher, tmp_path,
+                                                                         sqlite_page_size):
     images = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
     config = image_config(make_config, image_teacher, path=tmp_path / "bare.db")
     config.topics["images"].store_samples = False
     core = LabelingCore(config)
     await core.start()
     await core.stop()
-    assert page_size(tmp_path / "bare.db") == 4096
+    assert sqlite_page_size(tmp_path / "bare.db") == 4096
     await label_and_stop(image_config(make_config, image_teacher, path=tmp_path / "set.db", page_size=16384),
                          "images", images)
-    assert page_size(tmp_path / "set.db") == 16384
+    assert sqlite_page_size(tmp_path / "set.db") == 16384
     # The file made with 16 KiB pages keeps them under auto, its records readable.
     await label_and_stop(image_config(make_config, image_teacher, path=tmp_path / "set.db"), "images", images)
-    assert page_size(tmp_path / "set.db") == 16384
+    assert sqlite_page_size(tmp_path / "set.db") == 16384

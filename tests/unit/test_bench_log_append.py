@@ -16,9 +16,7 @@ def test_log_append_reports_the_appends_it_timed(capsys):
     assert '"appends"' in capsys.readouterr().out
 
 
-def test_log_append_takes_a_sample_shape_and_a_page_size(tmp_path, monkeypatch):
-    import sqlite3
-
+def test_log_append_takes_a_sample_shape_and_a_page_size(monkeypatch, sqlite_page_size):
     import pseudostream.benchmarks.log_append as log_append
 
     seen = []
@@ -27,9 +25,7 @@ def test_log_append_takes_a_sample_shape_and_a_page_size(tmp_path, monkeypatch):
     class Spy(real):
         def __init__(self, path, **kwargs):
             super().__init__(path, **kwargs)
-            conn = sqlite3.connect(path)
-            seen.append(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.close()
+            seen.append(sqlite_page_size(path))
 
     monkeypatch.setattr(log_append, "SqliteLabelLog", Spy)
     result = main(["--seconds", "0.3", "--gap-ms", "1", "--batch", "4", "--shape", "3,32,32",

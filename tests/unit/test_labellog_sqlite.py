@@ -217,30 +217,23 @@ def test_one_log_serves_successive_event_loops(db: Path):
     asyncio.run(log.close())
 
 
-def page_size(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-    conn.close()
-    return size
-
-
-async def test_a_new_file_gets_sqlites_4_kib_pages_or_the_size_asked_for(tmp_path: Path):
+async def test_a_new_file_gets_sqlites_4_kib_pages_or_the_size_asked_for(tmp_path: Path, sqlite_page_size):
     async with SqliteLabelLog(tmp_path / "default.db") as log:
         await log.append("t", make_batch(3))
-    assert page_size(tmp_path / "default.db") == 4096
+    assert sqlite_page_size(tmp_path / "default.db") == 4096
     async with SqliteLabelLog(tmp_path / "large.db", page_size=65536) as log:
         await log.append("t", make_batch(3))
-    assert page_size(tmp_path / "large.db") == 65536
+    assert sqlite_page_size(tmp_path / "large.db") == 65536
 
 
-async def test_an_existing_file_keeps_its_page_size_and_its_records(db: Path, caplog):
+async def test_an_existing_file_keeps_its_page_size_and_its_records(db: Path, caplog, sqlite_page_size):
     async with SqliteLabelLog(db, page_size=4096) as log:
         await log.append("t", make_batch(5))
     with caplog.at_level("INFO", logger="pseudostream.server.labellog.sqlite"):
         async with SqliteLabelLog(db, page_size=65536) as log:
             assert [r.sample_id for r in await log.read("t", "g", "c", max_records=10)] == [f"s{k}" for k in range(5)]
             await log.append("t", make_batch(1))
-    assert page_size(db) == 4096
+    assert sqlite_page_size(db) == 4096
     assert "keeps the page size of 4096 bytes" in caplog.text
 
 
