@@ -19,21 +19,34 @@ append pays for a checkpoint). A checkpoint is therefore run again at once until
 no frame beyond those the pass before copied (``CATCH_UP`` passes at most): the frames left
 after the first pass are a commit or two, copied in well under a commit's interval, so the next
 write starts the WAL over.
+
+That backstop alone did not hold when appends outran checkpoints (appends of 3.7 MB every
+millisecond or so, as a service on a GPU makes them): SQLite lets one checkpoint run at a time,
+this thread's passes ran back to back, and the writer's automatic checkpoint, finding the
+checkpoint lock taken, gave up at once (SQLite's busy handler is not called for it), so the WAL
+grew to a gigabyte and more in seconds. ``Checkpointer.backstop`` therefore runs on the writer's
+thread after each append: once the WAL file is past ``BACKSTOP_BYTES`` the writer waits for this
+thread's pass to end and copies the rest itself, which holds the writer back until the
+database has caught up. The writer's connection cuts the WAL file back to
+``WAL_KEPT_BYTES`` when the WAL starts over (``PRAGMA journal_size_limit``), so the file's size
+is the WAL's extent since it last started over, and a burst leaves no large file behind.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 
-__all__ = ["Checkpointer", "BACKSTOP_BYTES", "CATCH_UP", "EVERY_BYTES"]
+__all__ = ["Checkpointer", "BACKSTOP_BYTES", "CATCH_UP", "EVERY_BYTES", "WAL_KEPT_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 EVERY_BYTES = 4 << 20  # about SQLite's own default of 1000 pages of 4 KiB
 BACKSTOP_BYTES = 64 << 20  # the writer's own checkpoint, only when this thread lags far behind
 CATCH_UP = 4  # passes of one checkpoint while the writer keeps committing frames
+WAL_KEPT_BYTES = 16 << 20  # the WAL file is cut back to this when it starts over
 
 
 class Checkpointer:
@@ -49,6 +62,9 @@ class Checkpointer:
         self.runs = 0  # checkpoints run (for tests and logs)
         self.passes = 0  # their passes, catch-up passes included
         self.frames = 0  # WAL frames the last pass found
+        self.backstops = 0  # checkpoints the writer ran itself, the WAL past BACKSTOP_BYTES
+        self._wal = f"{path}-wal"
+        self._pass = threading.Lock()  # held by a pass of this thread, or by the writer's backstop
         self._written = 0
         self._due = threading.Event()
         self._closing = False
@@ -64,6 +80,22 @@ class Checkpointer:
                 return
             self._written = 0
         self._due.set()
+
+    def backstop(self, writer: sqlite3.Connection) -> None:
+        """Called on the writer's thread after a commit: if the WAL file is past
+        ``BACKSTOP_BYTES``, wait for this thread's pass to end, then copy the rest of the WAL on
+        ``writer`` (no transaction open on it), so the next commit starts the WAL over."""
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:  # no WAL file (yet): nothing to copy
+            return
+        if size <= BACKSTOP_BYTES:
+            return
+        with self._pass:
+            busy, frames, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.backstops += 1
+        logger.debug("label log %s: the WAL file at %d MiB; the writer copied %d of %d frames (busy %d)",
+                     self.path, size >> 20, copied, frames, busy)
 
     def stop(self) -> None:
         """Ask the thread to end after the checkpoint it runs, if any (does not wait)."""
@@ -104,7 +136,8 @@ class Checkpointer:
         self.runs += 1
         copied_before = -1
         for _ in range(CATCH_UP):
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._pass:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.passes, self.frames = self.passes + 1, frames
             logger.debug("label log %s: checkpoint copied %d of %d WAL frames (busy %d)",
                          self.path, copied, frames, busy)

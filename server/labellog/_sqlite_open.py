@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 
-from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES
+from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, WAL_KEPT_BYTES
 from pseudostream.server.labellog._recent import RecentIndex, load_decided
 from pseudostream.server.labellog._sqlite_schema import SCHEMA, migrate
 
@@ -30,6 +30,7 @@ def open_file(path: str, synchronous: str, page_size: int) -> tuple[sqlite3.Conn
                         "(page_size %d applies to new files)", path, kept, page_size)
         if wal:
             conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_BYTES // kept}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")  # see _checkpoint
         else:
             logger.warning("label log %s does not run in WAL mode", path)
         conn.execute(f"PRAGMA synchronous={synchronous}")

@@ -373,6 +373,7 @@ class SqliteLabelLog(LabelLog):
                 written += sum(map(len, kept.values()))
         if self._checkpointer is not None:
             self._checkpointer.wrote(written)
+            self._checkpointer.backstop(self._conn)
         return first, remembered
 
 

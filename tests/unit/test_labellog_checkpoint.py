@@ -12,7 +12,8 @@ import numpy as np
 
 from pseudostream.benchmarks.log_append import batch  # a batch of accepted samples, ids k-i
 from pseudostream.server.labellog import SqliteLabelLog
-from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, EVERY_BYTES, Checkpointer
+from pseudostream.server.labellog import _checkpoint
+from pseudostream.server.labellog._checkpoint import BACKSTOP_BYTES, EVERY_BYTES, WAL_KEPT_BYTES, Checkpointer
 
 
 def wal_file(tmp_path: Path) -> Path:
@@ -134,3 +135,75 @@ async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
             assert checkpointer.runs < 30 and k < 5000, (checkpointer.runs, k, max(frames))
             await asyncio.sleep(0.005)
     assert max(frames) < BACKSTOP_BYTES // 4096 // 2, max(frames)  # frames are 4 KiB pages
+
+
+async def test_appends_that_outrun_the_checkpoints_keep_the_wal_file_under_the_backstop(tmp_path: Path):
+    """The background thread stopped and the writer's automatic checkpoint off (as when SQLite
+    refuses it because the thread holds the checkpoint lock): 100 MB of appends leave the WAL
+    file under the backstop and an append or two, the writer checkpointing itself; the WAL then
+    starts over, its file cut back to WAL_KEPT_BYTES, and every record reads back."""
+    db = tmp_path / "labels.db"
+    n = 256
+    samples = np.random.default_rng(0).random((n, 3, 32, 32), dtype=np.float32)
+    wal = Path(f"{db}-wal")
+    async with SqliteLabelLog(db) as log:
+        checkpointer = log._checkpointer
+        assert checkpointer is not None
+        checkpointer.stop()
+        checkpointer._thread.join(timeout=10)
+        assert not checkpointer._thread.is_alive()
+        await log._call("pragma", log._scalar, "PRAGMA wal_autocheckpoint=0", ())
+        sizes = []
+        appends = (BACKSTOP_BYTES * 3 // 2) // samples.nbytes + 1
+        for k in range(appends):
+            await log.append("t", batch(k, samples))
+            sizes.append(wal.stat().st_size)
+        assert appends * samples.nbytes > BACKSTOP_BYTES * 3 // 2  # unbounded, the file would be this big
+        assert max(sizes) <= BACKSTOP_BYTES + 2.2 * samples.nbytes, (max(sizes), checkpointer.backstops)
+        assert checkpointer.backstops >= 1
+        assert WAL_KEPT_BYTES in sizes  # the commit after a start-over cut the file back
+        assert await log.end_offset("t") == appends * n
+        [record] = await log.get("t", [(appends - 1) * n + 7])
+        np.testing.assert_array_equal(record.sample_array(), samples[7])
+
+
+def test_the_writers_backstop_waits_for_a_pass_in_progress(tmp_path: Path, monkeypatch):
+    """With the WAL past the backstop (made 1 byte here), the writer does not checkpoint while a
+    pass of the thread runs; it does once the pass ends, and its next commit starts the WAL over."""
+    monkeypatch.setattr(_checkpoint, "BACKSTOP_BYTES", 1)
+    path = str(wal_file(tmp_path))
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        for _ in range(20):
+            writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+        with cp._pass:  # as a pass of the thread holds it
+            waiting = threading.Thread(target=cp.backstop, args=(writer,))
+            waiting.start()
+            time.sleep(0.3)
+            assert waiting.is_alive() and cp.backstops == 0
+        waiting.join(timeout=10)
+        assert not waiting.is_alive() and cp.backstops == 1
+        writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+        _, frames, _ = reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames < 10  # the one commit's frames, at the start of the WAL
+    finally:
+        reader.close()
+        writer.close()
+        cp.close()
+
+
+def test_the_writers_backstop_leaves_a_small_wal_alone(tmp_path: Path):
+    path = str(wal_file(tmp_path))
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    try:
+        writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+        cp.backstop(writer)
+        assert cp.backstops == 0 and 0 < Path(f"{path}-wal").stat().st_size < BACKSTOP_BYTES
+    finally:
+        writer.close()
+        cp.close()
