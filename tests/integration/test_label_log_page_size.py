@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, save
 
-from pseudostream.models.card import TeacherCard
+from pseudostream.models.pooling_teacher import build_pooling_teacher
 from pseudostream.server.codec import LabelInput
 from pseudostream.server.core import LabelingCore
 
@@ -20,21 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def image_teacher(tmp_path_factory) -> Path:
     """A teacher of 3x32x32 float32 inputs: average pooling, then a 3-to-10 linear layer."""
-    out = tmp_path_factory.mktemp("image-teacher")
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [3, 10], np.linspace(-1, 1, 30).tolist())
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["features"]),
-         helper.make_node("MatMul", ["features", "w"], ["logits"])],
-        "image", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    save(model, str(out / "model.onnx"))
-    TeacherCard(name="image", version="1", classes=[str(i) for i in range(10)], input_name="input",
-                input_shape=[3, 32, 32], source_prior=[0.1] * 10, fingerprint="image-avgpool").save(out)
-    return out
+    return build_pooling_teacher(tmp_path_factory.mktemp("image-teacher"), (3, 32, 32), name="image")
 
 
 async def label_and_stop(config, topic: str, x: np.ndarray) -> None:
