@@ -28,17 +28,19 @@ class ServiceProcess:
 
     One teacher ``name`` (a TeacherConfig mapping: backend, model_dir or triton, batching) and
     one topic ``bench`` on it with ``topic`` settings; SQLite label log in ``work``; gRPC and
-    /metrics on free loopback ports. SIGTERM (graceful) on exit.
+    /metrics on free loopback ports. SIGTERM (graceful) on exit. ``settings`` are top-level
+    config entries that replace these (another ``label_log``, ``keep_freed_memory_mib``, ...).
     """
 
-    def __init__(self, work: Path, name: str, teacher: dict[str, Any], topic: dict[str, Any]) -> None:
+    def __init__(self, work: Path, name: str, teacher: dict[str, Any], topic: dict[str, Any],
+                 settings: dict[str, Any] | None = None) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.config = work / f"{name}-{self.port}.yaml"
         self.config.write_text(yaml.safe_dump({
             "port": self.port, "metrics_port": self.metrics_port,
             "teachers": {name: teacher},
             "topics": {TOPIC: {"teacher": name, **topic}},
-            "label_log": {"path": str(work / f"{name}-{self.port}.db")}}))
+            "label_log": {"path": str(work / f"{name}-{self.port}.db")}, **(settings or {})}))
         self.log_path = work / f"{name}-{self.port}.log"
         self._proc: subprocess.Popen[str] | None = None
 

@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace, db: Path) -> dict:
             "writer_checkpoints": writer_checkpoints}
 
 
-def _shape(text: str) -> tuple[int, ...]:
+def shape_arg(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in text.split(","))
     except ValueError:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--gap-ms", type=float, default=5.0, help="pause after each append")
     p.add_argument("--batch", type=int, default=256, help="samples per append")
-    p.add_argument("--shape", type=_shape, default=(1, 8, 8), help="one sample's shape, e.g. 3,32,32")
+    p.add_argument("--shape", type=shape_arg, default=(1, 8, 8), help="one sample's shape, e.g. 3,32,32")
     p.add_argument("--page-size", type=int, default=4096, choices=SQLITE_PAGE_SIZES,
                    help="the new file's SQLite page size")
     args = p.parse_args(argv)

@@ -1,0 +1,150 @@
+"""How fast one trainer drains a backlog of labels with their samples, side by side in one run:
+the label log read in-process (the limit), the service's Subscribe and Ack over gRPC loopback,
+and the service again with glibc's allocator defaults (``keep_freed_memory_mib: 0``, see
+``server/allocator.py``).
+
+    python -m pseudostream.benchmarks.drain [--shape 3,32,32] [--batches 100] [--max-batch 256]
+        [--rounds 2] [--no-ack] [--out drain-report.json]
+
+A SQLite label log is filled once with ``--batches`` appends of 256 records, each with a random
+float32 sample of ``--shape``. Each round then drains it three ways, each as a new consumer
+group (which starts at the oldest record): in-process (``SqliteLabelLog.read`` and ``ack``), and
+through a fresh ``pseudostream serve`` on the file with each allocator setting (a one-node
+pooling teacher; nothing is labeled). Reported per way: the figures of its median round
+(records/s, MB/s of samples, and for the services their user and system CPU and minor page
+faults per record, and records/s against the in-process read of the same round), then each
+round's records/s in order; last, the median over rounds of service against glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
+from pseudostream.benchmarks.log_append import batch, shape_arg
+from pseudostream.clients.client import AsyncLabelerClient
+from pseudostream.models.pooling_teacher import build_pooling_teacher
+from pseudostream.server.config import LabelLogConfig
+from pseudostream.server.labellog import SqliteLabelLog
+from pseudostream.server.labellog.factory import page_size_for
+
+__all__ = ["main"]
+
+APPEND = 256  # records per append, as a service appends a batch
+WAYS = {"service": 64, "service_glibc_defaults": 0}  # keep_freed_memory_mib of each service
+
+
+async def fill(db: Path, shape: tuple[int, ...], batches: int) -> int:
+    """Append ``batches`` batches of ``APPEND`` records with samples; the page size a service
+    would give a new file for these samples."""
+    samples = np.random.default_rng(0).random((APPEND, *shape), dtype=np.float32)
+    async with SqliteLabelLog(db, page_size=page_size_for(LabelLogConfig(), samples[0].nbytes)) as log:
+        for k in range(batches):
+            await log.append(TOPIC, batch(k, samples))
+    return batches * APPEND
+
+
+async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack: bool) -> float:
+    """Seconds to read (and ack) ``total`` records as ``group`` straight from the log."""
+    async with SqliteLabelLog(db) as log:
+        got, started = 0, time.perf_counter()
+        while got < total:
+            records = await log.read(TOPIC, group, "trainer", max_batch)
+            got += len(records)
+            if ack:
+                await log.ack(TOPIC, group, [r.offset for r in records])
+        return time.perf_counter() - started
+
+
+async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool) -> float:
+    """Seconds for one trainer to receive (and ack) ``total`` records as ``group``."""
+    async with AsyncLabelerClient(target) as client:
+        await client.wait_ready()
+        got, started = 0, time.perf_counter()
+        async for records in client.subscribe(TOPIC, group, "trainer", max_batch=max_batch):
+            got += len(records)
+            if ack:
+                await client.ack(TOPIC, group, [r.offset for r in records], "trainer")
+            if got >= total:
+                break
+        return time.perf_counter() - started
+
+
+def usage(pid: int) -> np.ndarray:
+    """(user CPU s, system CPU s, minor page faults) of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return np.array([int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])], dtype=float)
+
+
+def _figures(total: int, seconds: float, sample_bytes: int, used: np.ndarray | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"records_per_s": round(total / seconds, 1),
+                           "mb_per_s": round(total * sample_bytes / seconds / 1e6, 1)}
+    if used is not None:
+        out.update(user_us_per_record=round(used[0] / total * 1e6, 1),
+                   system_us_per_record=round(used[1] / total * 1e6, 1),
+                   page_faults_per_record=round(used[2] / total, 2))
+    return out
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    db = work / "labels.db"
+    total = asyncio.run(fill(db, args.shape, args.batches))
+    teacher = build_pooling_teacher(work / "teacher", args.shape)
+    sample_bytes = int(np.prod(args.shape)) * 4
+    rounds: dict[str, list[dict[str, Any]]] = {"in_process": [], **{way: [] for way in WAYS}}
+    for k in range(args.rounds):
+        seconds = asyncio.run(drain_in_process(db, f"log-{k}", total, args.max_batch, args.ack))
+        rounds["in_process"].append(_figures(total, seconds, sample_bytes))
+        for way, keep in WAYS.items():
+            settings = {"label_log": {"path": str(db)}, "keep_freed_memory_mib": keep, "metrics_port": None}
+            with ServiceProcess(work, "pooling", {"model_dir": str(teacher), "intra_op_threads": 1}, {},
+                                settings) as service:
+                before = usage(service.pid)
+                seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack))
+                figures = _figures(total, seconds, sample_bytes, usage(service.pid) - before)
+            figures["vs_in_process"] = round(figures["records_per_s"] / rounds["in_process"][k]["records_per_s"], 3)
+            rounds[way].append(figures)
+    report: dict[str, Any] = {"setup": {"shape": list(args.shape), "records": total, "max_batch": args.max_batch,
+                                        "ack": args.ack, "rounds": args.rounds}}
+    for way, figures in rounds.items():
+        order = sorted(range(len(figures)), key=lambda i: figures[i]["records_per_s"])
+        median = figures[order[(len(order) - 1) // 2]]
+        report[way] = {**median, "rounds_records_per_s": [f["records_per_s"] for f in figures]}
+    report["service_vs_glibc_defaults"] = round(
+        float(np.median([a["records_per_s"] / b["records_per_s"]
+                         for a, b in zip(rounds["service"], rounds["service_glibc_defaults"])])), 3)
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", type=shape_arg, default=(3, 32, 32), help="one sample's shape, C,H,W")
+    p.add_argument("--batches", type=int, default=100, help=f"appends of {APPEND} records to drain")
+    p.add_argument("--max-batch", type=int, default=256, help="records per delivered batch")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--no-ack", dest="ack", action="store_false", help="do not ack what arrives")
+    p.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = p.parse_args(argv)
+    if args.batches < 1 or args.rounds < 1 or args.max_batch < 1 or len(args.shape) < 2:
+        p.error("--batches, --rounds and --max-batch must be >= 1, and --shape C,H[,W]")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run(args, Path(tmp))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""benchmarks/drain: one trainer drains a filled log in-process and through two real services
+(``pseudostream serve``), each with the allocator setting it names, and every record arrives."""
+
+from __future__ import annotations
+
+import pytest
+
+from pseudostream.benchmarks.drain import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_drain_reports_each_way_side_by_side(tmp_path, capsys):
+    report = main(["--batches", "3", "--rounds", "1", "--shape", "3,8,8", "--max-batch", "100",
+                   "--out", str(tmp_path / "drain.json")])
+    assert report["setup"]["records"] == 3 * 256
+    for way in ("in_process", "service", "service_glibc_defaults"):
+        figures = report[way]
+        assert figures["records_per_s"] > 0 and len(figures["rounds_records_per_s"]) == 1
+        assert figures["mb_per_s"] == pytest.approx(figures["records_per_s"] * 3 * 8 * 8 * 4 / 1e6, rel=0.01)
+    for way in ("service", "service_glibc_defaults"):
+        assert report[way]["user_us_per_record"] > 0 and report[way]["page_faults_per_record"] >= 0
+        assert report[way]["vs_in_process"] == pytest.approx(
+            report[way]["records_per_s"] / report["in_process"]["records_per_s"], abs=1e-3)
+    assert report["service_vs_glibc_defaults"] == pytest.approx(
+        report["service"]["records_per_s"] / report["service_glibc_defaults"]["records_per_s"], abs=1e-3)
+    assert (tmp_path / "drain.json").read_text().startswith("{")
+    assert '"service_vs_glibc_defaults"' in capsys.readouterr().out
+
+
+def test_drain_refuses_a_shape_without_channels(capsys):
+    with pytest.raises(SystemExit):
+        main(["--shape", "64"])
+    assert "--shape C,H[,W]" in capsys.readouterr().err
