@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
+from pseudostream.server.allocator import keep_freed_memory
 from pseudostream.server.auth import AuthInterceptor
 from pseudostream.server.config import ServiceConfig
 from pseudostream.server.core import LabelingCore
@@ -142,6 +143,7 @@ async def serve_forever(config: ServiceConfig,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    log.info("allocator: %s", keep_freed_memory(config.keep_freed_memory_mib << 20))  # process-wide
     server = LabelingServer(config)
     await server.start()
     # What start-up made (modules, the teachers' sessions, gRPC stubs: about 70k objects the

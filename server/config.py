@@ -286,6 +286,10 @@ class ServiceConfig(BaseSettings):
     rate_limit_burst: int = Field(4096, ge=1, description="per-client burst, in samples")
     stream_idle_timeout_s: float = Field(300.0, gt=0, description="a Label stream with no request "
                                          "for this long ends with DEADLINE_EXCEEDED")
+    keep_freed_memory_mib: int = Field(
+        64, ge=0, description="glibc: keep up to this much freed memory per malloc heap for the "
+        "next buffer instead of handing it back to the kernel (server/allocator.py; 0: glibc's "
+        "defaults; MALLOC_*_THRESHOLD_ or GLIBC_TUNABLES in the environment win)")
 
     @model_validator(mode="after")
     def _topics_name_known_teachers(self) -> "ServiceConfig":
