@@ -4,16 +4,17 @@ and the service again with glibc's allocator defaults (``keep_freed_memory_mib: 
 ``server/allocator.py``).
 
     python -m pseudostream.benchmarks.drain [--shape 3,32,32] [--batches 100] [--max-batch 256]
-        [--rounds 2] [--no-ack] [--out drain-report.json]
+        [--rounds 2] [--no-ack] [--no-samples] [--out drain-report.json]
 
 A SQLite label log is filled once with ``--batches`` appends of 256 records, each with a random
 float32 sample of ``--shape``. Each round then drains it three ways, each as a new consumer
 group (which starts at the oldest record): in-process (``SqliteLabelLog.read`` and ``ack``), and
 through a fresh ``pseudostream serve`` on the file with each allocator setting (a one-node
 pooling teacher; nothing is labeled). Reported per way: the figures of its median round
-(records/s, MB/s of samples, and for the services their user and system CPU and minor page
-faults per record, and records/s against the in-process read of the same round), then each
+(records/s, MB/s of samples delivered, and for the services their user and system CPU and minor
+page faults per record, and records/s against the in-process read of the same round), then each
 round's records/s in order; last, the median over rounds of service against glibc's defaults.
+With ``--no-samples`` the services deliver ids only (``include_samples`` false).
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack
         return time.perf_counter() - started
 
 
-async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool) -> float:
-    """Seconds for one trainer to receive (and ack) ``total`` records as ``group``."""
+async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool,
+                        samples: bool = True) -> float:
+    """Seconds for one trainer to receive (and ack) ``total`` records as ``group``, with their
+    samples or (``samples`` false) their ids only."""
     async with AsyncLabelerClient(target) as client:
         await client.wait_ready()
         got, started = 0, time.perf_counter()
-        async for records in client.subscribe(TOPIC, group, "trainer", max_batch=max_batch):
+        async for records in client.subscribe(TOPIC, group, "trainer", max_batch=max_batch,
+                                              include_samples=samples):
             got += len(records)
             if ack:
                 await client.ack(TOPIC, group, [r.offset for r in records], "trainer")
@@ -110,12 +114,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             with ServiceProcess(work, "pooling", {"model_dir": str(teacher), "intra_op_threads": 1}, {},
                                 settings) as service:
                 before = usage(service.pid)
-                seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack))
-                figures = _figures(total, seconds, sample_bytes, usage(service.pid) - before)
+                seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack,
+                                                    args.samples))
+                figures = _figures(total, seconds, sample_bytes if args.samples else 0, usage(service.pid) - before)
             figures["vs_in_process"] = round(figures["records_per_s"] / rounds["in_process"][k]["records_per_s"], 3)
             rounds[way].append(figures)
     report: dict[str, Any] = {"setup": {"shape": list(args.shape), "records": total, "max_batch": args.max_batch,
-                                        "ack": args.ack, "rounds": args.rounds}}
+                                        "ack": args.ack, "samples": args.samples, "rounds": args.rounds}}
     for way, figures in rounds.items():
         order = sorted(range(len(figures)), key=lambda i: figures[i]["records_per_s"])
         median = figures[order[(len(order) - 1) // 2]]
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-batch", type=int, default=256, help="records per delivered batch")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--no-ack", dest="ack", action="store_false", help="do not ack what arrives")
+    p.add_argument("--no-samples", dest="samples", action="store_false",
+                   help="the services deliver ids without samples (include_samples false)")
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
     if args.batches < 1 or args.rounds < 1 or args.max_batch < 1 or len(args.shape) < 2:

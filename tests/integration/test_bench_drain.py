@@ -32,3 +32,10 @@ def test_drain_refuses_a_shape_without_channels(capsys):
     with pytest.raises(SystemExit):
         main(["--shape", "64"])
     assert "--shape C,H[,W]" in capsys.readouterr().err
+
+
+def test_drain_without_samples_delivers_ids_only():
+    report = main(["--batches", "2", "--rounds", "1", "--shape", "3,8,8", "--no-samples"])
+    assert report["setup"]["samples"] is False and report["setup"]["records"] == 512
+    assert report["service"]["records_per_s"] > 0 and report["service"]["mb_per_s"] == 0
+    assert report["in_process"]["mb_per_s"] > 0  # the log read in-process still reads them
