@@ -136,7 +136,8 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         try:
             while not context.done() and not self.core.draining.is_set():
                 records = await label_log.read(request.topic, request.group, request.consumer,
-                                               max_batch, wait_s=_SUBSCRIBE_POLL_S)
+                                               max_batch, wait_s=_SUBSCRIBE_POLL_S,
+                                               samples=request.include_samples)
                 if records:
                     yield codec.encode_records(request.topic, records, request.include_samples)
         finally:

@@ -87,12 +87,15 @@ class LabelLog(ABC):
 
     @abstractmethod
     async def read(
-        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0,
+        samples: bool = True,
     ) -> list[LabelRecord]:
         """Deliver up to ``max_records`` to ``consumer`` of ``group``, in this order: the
         consumer's own pending records, then others' pending records past their visibility
         timeout, then records the group never received. Waits up to ``wait_s`` seconds for at
-        least one record; returns [] if none came. Creates the group (at offset 0) if new."""
+        least one record; returns [] if none came. Creates the group (at offset 0) if new.
+        ``samples`` false: the records may come without their samples (``sample``, ``shape`` and
+        ``dtype`` None), which spares a log reading them where it can."""
 
     @abstractmethod
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:

@@ -221,11 +221,11 @@ class RedisLabelLog(LabelLog):
             await self._redis.xtrim(log_key, minid=f"{_offset(last[0][0]) + 2}-0",
                                     approximate=False)
 
-    async def read(
-        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
-    ) -> list[LabelRecord]:
+    async def read(self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0,
+                   samples: bool = True) -> list[LabelRecord]:
         """Deliver up to ``max_records``: own claimable pending, others' claimable pending,
-        then new records; waits up to ``wait_s`` for at least one (see the class docstring)."""
+        then new records; waits up to ``wait_s`` for at least one (see the class docstring).
+        A stream entry comes whole, so ``samples`` changes nothing here."""
         if max_records < 1:
             raise InvalidInput(f"max_records must be at least 1, got {max_records}")
         loop = asyncio.get_running_loop()

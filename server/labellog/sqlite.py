@@ -111,10 +111,12 @@ class SqliteLabelLog(LabelLog):
         return await self.append_and_remember(topic, batch, None, 0.0)
 
     async def read(
-        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0,
+        samples: bool = True,
     ) -> list[LabelRecord]:
         """Deliver up to ``max_records``: own claimable pending, others' claimable pending,
-        then new records; waits up to ``wait_s`` for at least one (see the class docstring)."""
+        then new records; waits up to ``wait_s`` for at least one (see the class docstring).
+        Without ``samples`` the segments' sample blobs are not read."""
         if max_records < 1:
             raise InvalidInput(f"max_records must be at least 1, got {max_records}")
         loop = asyncio.get_running_loop()
@@ -125,7 +127,7 @@ class SqliteLabelLog(LabelLog):
             waiters.add(appended)  # registered before reading, so no append goes unnoticed
             try:
                 records, next_due = await self._call(
-                    "read", self._read_tx, topic, group, consumer, max_records
+                    "read", self._read_tx, topic, group, consumer, max_records, samples
                 )
                 remaining = give_up - loop.time()
                 if records or remaining <= 0:
@@ -314,7 +316,7 @@ class SqliteLabelLog(LabelLog):
             return conn.executemany(sql, args).rowcount
 
     def _read_tx(
-        self, topic: str, group: str, consumer: str, limit: int
+        self, topic: str, group: str, consumer: str, limit: int, samples: bool = True
     ) -> tuple[list[LabelRecord], float | None]:
         """Claim and deliver in one transaction; also returns the next pending deadline."""
         now = time.time()
@@ -349,7 +351,7 @@ class SqliteLabelLog(LabelLog):
                 (fresh.stop if fresh else cursor, topic, group),
             )
             order = claimed + [(off, 1) for off in fresh]
-            records = fetch_records(conn, topic, order)
+            records = fetch_records(conn, topic, order, samples)
             next_due = None
             if not records:
                 next_due = self._scalar(

@@ -8,6 +8,7 @@ redelivery tests stay fast.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Awaitable, Callable
 
@@ -247,6 +248,23 @@ async def test_samples_and_metadata_round_trip_exactly(log):
         np.testing.assert_array_equal(got[3 + i].sample_array(), big_endian[i])
     assert got[5].sample is None and got[5].sample_array() is None
     assert dict(got[5].metadata) == {}
+
+
+async def test_a_read_without_samples_keeps_every_other_field(log):
+    """``samples=False`` may leave the samples out (SQLite does not read them; a Redis entry
+    comes whole); everything else is as a read with samples gives it."""
+    samples = np.random.default_rng(1).standard_normal((3, 2, 4)).astype(np.float32)
+    await log.append("t", make_batch(3, samples=samples, metadata=[{"a": "1"}, {}, {"b": "2"}],
+                                     positive=np.eye(3, dtype=bool)))
+    await log.append("t", make_batch(2))
+    lean = await log.read("t", "ids", "c", max_records=10, samples=False)
+    full = await log.read("t", "all", "c", max_records=10)
+    assert len(lean) == len(full) == 5
+    without = {"sample": None, "shape": None, "dtype": None}
+    assert [dataclasses.replace(r, **without) for r in lean] == [dataclasses.replace(r, **without) for r in full]
+    for r, f in zip(lean, full):
+        assert r.sample is None or (r.sample == f.sample and r.shape == f.shape and r.dtype == f.dtype)
+    assert [r.positive for r in lean[:3]] == [(0,), (1,), (2,)]
 
 
 async def test_state_round_trips_and_is_none_when_absent(log):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import sqlite3
 import struct
@@ -242,3 +243,22 @@ def test_a_page_size_sqlite_would_not_take_is_refused(db: Path, size: int):
     with pytest.raises(ConfigError, match="page_size must be one of"):
         SqliteLabelLog(db, page_size=size)
     assert not db.exists()
+
+
+async def test_a_read_without_samples_does_not_select_the_sample_blobs(db: Path):
+    """The SQL a read runs, traced on the log's own connection: with samples it cuts the rows it
+    delivers out of the segment's blob; without, it selects no blob and the records carry none."""
+    samples = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    async with SqliteLabelLog(db) as log:
+        await log.append("t", dataclasses.replace(make_batch(4), samples=samples))
+        statements: list[str] = []
+        await log._call("trace", log._conn.set_trace_callback, statements.append)
+        lean = await log.read("t", "ids", "c", max_records=10, samples=False)
+        traced_lean, statements[:] = list(statements), []
+        full = await log.read("t", "all", "c", max_records=10)
+        await log._call("trace", log._conn.set_trace_callback, None)
+    assert not any("samples" in sql for sql in traced_lean), traced_lean
+    assert any("substr(samples" in sql for sql in statements), statements
+    assert all(r.sample is None and r.shape is None and r.dtype is None for r in lean)
+    assert [r.sample_id for r in lean] == [r.sample_id for r in full] == ["s0", "s1", "s2", "s3"]
+    np.testing.assert_array_equal(full[2].sample_array(), samples[2])
