@@ -43,16 +43,17 @@ def make_label_request(topic: str, inputs: np.ndarray, ids: Sequence[str] | None
 
 
 def record_from_proto(p: pb.PseudoLabel) -> LabelRecord:
-    """A delivered pseudo-label as a LabelRecord (sample bytes kept as they came)."""
-    has_sample = bool(p.sample.dtype)
+    """A delivered pseudo-label as a LabelRecord (sample bytes kept as they came). Each field
+    is read once (upb makes a new wrapper, or a copy of bytes, at every access)."""
+    sample = p.sample
+    dtype = sample.dtype
     return LabelRecord(
         offset=p.offset, sample_id=p.id, label=p.label, confidence=p.confidence,
         weight=p.weight, threshold=p.threshold, teacher_version=p.teacher_version,
         policy=p.policy, created_at=p.created_at, deliveries=p.deliveries,
-        sample=p.sample.data if has_sample else None,
-        shape=tuple(p.sample.shape) if has_sample else None,
-        dtype=p.sample.dtype or None, metadata=dict(p.metadata),
-        positive=tuple(p.positive), negative=tuple(p.negative),
+        sample=sample.data if dtype else None, shape=tuple(sample.shape) if dtype else None,
+        dtype=dtype or None, metadata=dict(p.metadata) if p.metadata else {},
+        positive=tuple(p.positive) if p.positive else (), negative=tuple(p.negative) if p.negative else (),
     )
 
 
