@@ -56,6 +56,7 @@ kserve, kserve_errors, from_np_dtype = _import_kserve()
 
 from pseudostream.proto.v1 import labeler_pb2 as pb  # noqa: E402
 from pseudostream.server import codec  # noqa: E402
+from pseudostream.server.allocator import keep_freed_memory  # noqa: E402
 from pseudostream.server.config import ServiceConfig, load_config  # noqa: E402
 from pseudostream.server.core import LabelingCore  # noqa: E402
 from pseudostream.server.errors import (  # noqa: E402
@@ -244,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         model.load()
     except PseudostreamError as exc:
         parser.exit(2, f"error: {exc}\n")
+    assert model.config is not None
+    log.info("allocator: %s", keep_freed_memory(model.config.keep_freed_memory_mib << 20))  # as `serve` does
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port).start([model])
 
 

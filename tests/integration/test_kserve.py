@@ -280,3 +280,28 @@ def test_kserve_and_tritonclient_import_into_one_process(first: str) -> None:
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_adapter_process_sets_the_allocator_from_its_config(tmp_path: Path, teacher_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` makes the process-wide allocator setting as ``pseudostream serve`` does, before
+    the ModelServer starts. The real ModelServer runs in the module's ``server`` fixture; here a
+    stand-in records the start, and a spy stands in for mallopt so this process keeps its own."""
+    config = {"teachers": {"digits-cnn": {"model_dir": str(teacher_dir)}},
+              "topics": {"digits": {"teacher": "digits-cnn"}},
+              "label_log": {"path": str(tmp_path / "labels.db")}, "keep_freed_memory_mib": 40}
+    (tmp_path / "service.yaml").write_text(yaml.safe_dump(config))
+    events: list[Any] = []
+    monkeypatch.setattr(kserve_model, "keep_freed_memory", lambda keep: events.append(("allocator", keep)) or "spied")
+
+    class Started:
+        def __init__(self, **ports: int) -> None:
+            events.append(("server", ports))
+
+        def start(self, models: list[Any]) -> None:
+            events.append(("start", [m.name for m in models]))
+
+    monkeypatch.setattr(kserve_model.kserve, "ModelServer", Started)
+    kserve_model.main(["--config", str(tmp_path / "service.yaml"), "--topic", "digits"])
+    assert events == [("allocator", 40 << 20), ("server", {"http_port": 8080, "grpc_port": 8081}),
+                      ("start", ["digits"])]
