@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pseudostream.benchmarks.log_append import batch  # a batch of accepted samples, ids k-i
 from pseudostream.server.labellog import SqliteLabelLog
@@ -24,6 +25,19 @@ def wal_file(tmp_path: Path) -> Path:
     conn.execute("CREATE TABLE t(x)")
     conn.close()
     return path
+
+
+@pytest.fixture
+def quiet(tmp_path: Path):
+    """(path, writer, checkpointer): a WAL file, a writer whose own checkpoints are off (usable
+    from any thread), and a Checkpointer that runs no pass by itself."""
+    path = str(wal_file(tmp_path))
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    yield path, writer, cp
+    writer.close()
+    cp.close()
 
 
 def until(condition, timeout: float = 10.0) -> None:
@@ -93,13 +107,10 @@ def test_a_file_it_cannot_open_leaves_a_warning_not_a_dead_thread(tmp_path: Path
     cp.close()  # still fine to close
 
 
-def test_a_checkpoint_passes_again_until_no_frame_is_left_so_the_wal_starts_over(tmp_path: Path):
+def test_a_checkpoint_passes_again_until_no_frame_is_left_so_the_wal_starts_over(quiet):
     """The pass that copies is followed by one that finds nothing new; the next commit then
     writes from the start of the WAL instead of after every frame written so far."""
-    path = str(wal_file(tmp_path))
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    path, writer, cp = quiet
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         for _ in range(50):
@@ -111,8 +122,6 @@ def test_a_checkpoint_passes_again_until_no_frame_is_left_so_the_wal_starts_over
         assert cp.frames < 10  # that one commit's frames, at the start of the WAL
     finally:
         conn.close()
-        writer.close()
-        cp.close()
 
 
 async def test_under_steady_appends_the_wal_keeps_starting_over(tmp_path: Path):
@@ -167,14 +176,11 @@ async def test_appends_that_outrun_the_checkpoints_keep_the_wal_file_under_the_b
         np.testing.assert_array_equal(record.sample_array(), samples[7])
 
 
-def test_the_writers_backstop_waits_for_a_pass_in_progress(tmp_path: Path, monkeypatch):
+def test_the_writers_backstop_waits_for_a_pass_in_progress(quiet, monkeypatch):
     """With the WAL past the backstop (made 1 byte here), the writer does not checkpoint while a
     pass of the thread runs; it does once the pass ends, and its next commit starts the WAL over."""
     monkeypatch.setattr(_checkpoint, "BACKSTOP_BYTES", 1)
-    path = str(wal_file(tmp_path))
-    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
+    path, writer, cp = quiet
     reader = sqlite3.connect(path, isolation_level=None)
     try:
         for _ in range(20):
@@ -191,19 +197,10 @@ def test_the_writers_backstop_waits_for_a_pass_in_progress(tmp_path: Path, monke
         assert frames < 10  # the one commit's frames, at the start of the WAL
     finally:
         reader.close()
-        writer.close()
-        cp.close()
 
 
-def test_the_writers_backstop_leaves_a_small_wal_alone(tmp_path: Path):
-    path = str(wal_file(tmp_path))
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    cp = Checkpointer(path, every_bytes=1 << 40, interval_s=3600)
-    try:
-        writer.execute("INSERT INTO t VALUES (randomblob(8000))")
-        cp.backstop(writer)
-        assert cp.backstops == 0 and 0 < Path(f"{path}-wal").stat().st_size < BACKSTOP_BYTES
-    finally:
-        writer.close()
-        cp.close()
+def test_the_writers_backstop_leaves_a_small_wal_alone(quiet):
+    path, writer, cp = quiet
+    writer.execute("INSERT INTO t VALUES (randomblob(8000))")
+    cp.backstop(writer)
+    assert cp.backstops == 0 and 0 < Path(f"{path}-wal").stat().st_size < BACKSTOP_BYTES
