@@ -17,7 +17,8 @@ def test_drain_reports_each_way_side_by_side(tmp_path, capsys):
     for way in ("in_process", "service", "service_glibc_defaults"):
         figures = report[way]
         assert figures["records_per_s"] > 0 and len(figures["rounds_records_per_s"]) == 1
-        assert figures["mb_per_s"] == pytest.approx(figures["records_per_s"] * 3 * 8 * 8 * 4 / 1e6, rel=0.01)
+        # MB/s is rounded to 0.1 in the report, records/s to 0.1 record
+        assert figures["mb_per_s"] == pytest.approx(figures["records_per_s"] * 3 * 8 * 8 * 4 / 1e6, abs=0.06)
     for way in ("service", "service_glibc_defaults"):
         assert report[way]["user_us_per_record"] > 0 and report[way]["page_faults_per_record"] >= 0
         assert report[way]["vs_in_process"] == pytest.approx(
