@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
@@ -21,7 +22,7 @@ import psutil
 
 from pseudostream.clients.client import AsyncLabelerClient, make_label_request
 
-__all__ = ["ServiceLoad", "TritonLoad", "open_loop", "window", "cpu_seconds", "scrape", "percentiles"]
+__all__ = ["ServiceLoad", "TritonLoad", "open_loop", "window", "cpu_seconds", "proc_stat", "scrape", "percentiles"]
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
@@ -36,6 +37,14 @@ def cpu_seconds(pids: Sequence[int]) -> float:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def proc_stat(path: str | Path) -> list[str]:
+    """The fields of a process's or thread's /proc stat file after its command name, which may
+    hold spaces (proc(5)): ``[7]`` minor page faults, ``[11]`` and ``[12]`` user and system
+    CPU in clock ticks (``os.sysconf("SC_CLK_TCK")`` a second)."""
+    text = Path(path).read_text()
+    return text[text.rindex(")") + 2:].split()
 
 
 def scrape(url: str, names: Sequence[str]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pseudostream.benchmarks.bench_load import proc_stat
 from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
 from pseudostream.benchmarks.log_append import batch, shape_arg
 from pseudostream.clients.client import AsyncLabelerClient
@@ -85,7 +86,7 @@ async def drain_service(target: str, group: str, total: int, max_batch: int, ack
 
 def usage(pid: int) -> np.ndarray:
     """(user CPU s, system CPU s, minor page faults) of process ``pid`` so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(f"/proc/{pid}/stat")
     tick = os.sysconf("SC_CLK_TCK")
     return np.array([int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])], dtype=float)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pseudostream.benchmarks.bench import teacher_inputs
-from pseudostream.benchmarks.bench_load import ServiceLoad, scrape, window
+from pseudostream.benchmarks.bench_load import ServiceLoad, proc_stat, scrape, window
 from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
 from pseudostream.models.card import TeacherCard
 
@@ -51,10 +51,9 @@ def thread_cpu(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            fields = proc_stat(f"/proc/{pid}/task/{tid}/stat")
         except FileNotFoundError:  # the thread ended
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
