@@ -1,7 +1,8 @@
 """How fast one trainer drains a backlog of labels with their samples, side by side in one run:
-the label log read in-process (the limit), the service's Subscribe and Ack over gRPC loopback,
-and the service again with glibc's allocator defaults (``keep_freed_memory_mib: 0``, see
-``server/allocator.py``).
+the label log read in-process (the limit), the service's Subscribe and Ack over gRPC loopback
+(one message per record), the same with a columnar subscription (``subscribe_columns``: packed
+columns and one samples tensor per batch), and the per-record way again with glibc's allocator
+defaults (``keep_freed_memory_mib: 0``, see ``server/allocator.py``).
 
     python -m pseudostream.benchmarks.drain [--shape 3,32,32] [--batches 100] [--max-batch 256]
         [--rounds 2] [--no-ack] [--no-samples] [--out drain-report.json]
@@ -13,7 +14,8 @@ through a fresh ``pseudostream serve`` on the file with each allocator setting (
 pooling teacher; nothing is labeled). Reported per way: the figures of its median round
 (records/s, MB/s of samples delivered, and for the services their user and system CPU and minor
 page faults per record, and records/s against the in-process read of the same round), then each
-round's records/s in order; last, the median over rounds of service against glibc's defaults.
+round's records/s in order; last, the medians over rounds of service against glibc's defaults
+and of the columnar way against the per-record one.
 With ``--no-samples`` the services deliver ids only (``include_samples`` false).
 """
 
@@ -42,7 +44,8 @@ from pseudostream.server.labellog.factory import page_size_for
 __all__ = ["main"]
 
 APPEND = 256  # records per append, as a service appends a batch
-WAYS = {"service": 64, "service_glibc_defaults": 0}  # keep_freed_memory_mib of each service
+# Each service's (keep_freed_memory_mib, columnar subscription)
+WAYS = {"service": (64, False), "service_columnar": (64, True), "service_glibc_defaults": (0, False)}
 
 
 async def fill(db: Path, shape: tuple[int, ...], batches: int) -> int:
@@ -68,12 +71,21 @@ async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack
 
 
 async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool,
-                        samples: bool = True) -> float:
+                        samples: bool = True, columnar: bool = False) -> float:
     """Seconds for one trainer to receive (and ack) ``total`` records as ``group``, with their
-    samples or (``samples`` false) their ids only."""
+    samples or (``samples`` false) their ids only; as records or (``columnar``) as columns."""
     async with AsyncLabelerClient(target) as client:
         await client.wait_ready()
         got, started = 0, time.perf_counter()
+        if columnar:
+            async for columns in client.subscribe_columns(TOPIC, group, "trainer", max_batch=max_batch,
+                                                          include_samples=samples):
+                got += len(columns)
+                if ack:
+                    await client.ack(TOPIC, group, columns.offset, "trainer")
+                if got >= total:
+                    break
+            return time.perf_counter() - started
         async for records in client.subscribe(TOPIC, group, "trainer", max_batch=max_batch,
                                               include_samples=samples):
             got += len(records)
@@ -110,13 +122,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for k in range(args.rounds):
         seconds = asyncio.run(drain_in_process(db, f"log-{k}", total, args.max_batch, args.ack))
         rounds["in_process"].append(_figures(total, seconds, sample_bytes))
-        for way, keep in WAYS.items():
+        for way, (keep, columnar) in WAYS.items():
             settings = {"label_log": {"path": str(db)}, "keep_freed_memory_mib": keep, "metrics_port": None}
             with ServiceProcess(work, "pooling", {"model_dir": str(teacher), "intra_op_threads": 1}, {},
                                 settings) as service:
                 before = usage(service.pid)
                 seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack,
-                                                    args.samples))
+                                                    args.samples, columnar))
                 figures = _figures(total, seconds, sample_bytes if args.samples else 0, usage(service.pid) - before)
             figures["vs_in_process"] = round(figures["records_per_s"] / rounds["in_process"][k]["records_per_s"], 3)
             rounds[way].append(figures)
@@ -126,9 +138,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         order = sorted(range(len(figures)), key=lambda i: figures[i]["records_per_s"])
         median = figures[order[(len(order) - 1) // 2]]
         report[way] = {**median, "rounds_records_per_s": [f["records_per_s"] for f in figures]}
-    report["service_vs_glibc_defaults"] = round(
-        float(np.median([a["records_per_s"] / b["records_per_s"]
-                         for a, b in zip(rounds["service"], rounds["service_glibc_defaults"])])), 3)
+    for name, (a, b) in {"service_vs_glibc_defaults": ("service", "service_glibc_defaults"),
+                         "columnar_vs_records": ("service_columnar", "service")}.items():
+        report[name] = round(float(np.median([x["records_per_s"] / y["records_per_s"]
+                                              for x, y in zip(rounds[a], rounds[b])])), 3)
     return report
 
 

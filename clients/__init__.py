@@ -9,13 +9,14 @@ from typing import Any
 
 from pseudostream.clients.client import AsyncLabelerClient, make_label_request
 from pseudostream.clients.sync import LabelerClient
-from pseudostream.clients.types import AckResult, LabelResult
+from pseudostream.clients.types import AckResult, LabelColumns, LabelResult
 
 __all__ = [
     "AsyncLabelerClient",
     "LabelerClient",
     "LabelResult",
     "AckResult",
+    "LabelColumns",
     "PseudoLabelDataset",
     "make_label_request",
 ]

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from pseudostream.clients.types import AckResult, LabelResult
+from pseudostream.clients.types import AckResult, LabelColumns, LabelResult
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
 from pseudostream.server.labellog.base import LabelRecord
@@ -127,10 +127,26 @@ class AsyncLabelerClient:
         finally:
             call.cancel()
 
-    async def ack(self, topic: str, group: str, offsets: Sequence[int], consumer: str = "") -> AckResult:
-        """Commit ``offsets`` for ``group``."""
-        r = await self._stub.Ack(pb.AckRequest(topic=topic, group=group, consumer=consumer,
-                                               offsets=[int(o) for o in offsets]))
+    async def subscribe_columns(self, topic: str, group: str, consumer: str, *, max_batch: int = 256,
+                                include_samples: bool = True) -> AsyncIterator[LabelColumns]:
+        """As ``subscribe``, but each batch comes as LabelColumns: numpy columns and the samples as
+        one [n, ...] array, with no object per record on either side of the wire (a batch holds
+        at most ``max_batch`` records; records whose samples differ in shape come in the next)."""
+        request = pb.SubscribeRequest(topic=topic, group=group, consumer=consumer, max_batch=max_batch,
+                                      include_samples=include_samples, columnar=True)
+        call = self._stub.Subscribe(request)
+        try:
+            async for batch in call:
+                yield LabelColumns.from_proto(batch.topic, batch.columns)
+        finally:
+            call.cancel()
+
+    async def ack(self, topic: str, group: str, offsets: Sequence[int] | np.ndarray,
+                  consumer: str = "") -> AckResult:
+        """Commit ``offsets`` for ``group`` (a sequence of ints, or an int array such as
+        ``LabelColumns.offset``)."""
+        values = offsets.tolist() if isinstance(offsets, np.ndarray) else [int(o) for o in offsets]
+        r = await self._stub.Ack(pb.AckRequest(topic=topic, group=group, consumer=consumer, offsets=values))
         return AckResult(acked=r.acked, committed_offset=r.committed_offset)
 
     async def feedback(self, topic: str, group: str, offsets: Sequence[int], *, loss_before: float,

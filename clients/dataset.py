@@ -3,7 +3,8 @@
 Yields ``(sample, label, weight)``, or ``(sample, label, weight, offset)`` with
 ``with_offsets=True`` (the sample as a float tensor when the topic stores samples and
 ``include_samples`` is on, else the sample id). Records arrive through a bounded prefetch queue
-(backpressure: a slow trainer does not buffer without limit).
+(backpressure: a slow trainer does not buffer without limit); the subscription is columnar
+(``subscribe_columns``): a delivered batch's samples arrive as one array, no object per record.
 
 Acking after the optimizer step that used the samples (at-least-once: a crash before the ack
 means the labels come again):
@@ -30,7 +31,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pseudostream.clients.client import AsyncLabelerClient
 from pseudostream.clients.sync import LoopThread, new_async_client
-from pseudostream.server.labellog.base import LabelRecord
+from pseudostream.clients.types import LabelColumns
 
 __all__ = ["PseudoLabelDataset"]
 
@@ -105,39 +106,39 @@ class PseudoLabelDataset(IterableDataset):
         yielded = 0
         while self.max_records is None or yielded < self.max_records:
             try:
-                records = buffer.get(timeout=self.idle_timeout_s)
+                columns = buffer.get(timeout=self.idle_timeout_s)
             except queue.Empty:
                 return
-            if records is _END:
+            if columns is _END:
                 return
-            for record in records:
+            offsets, labels, weights = columns.offset.tolist(), columns.label.tolist(), columns.weight.tolist()
+            for i, offset in enumerate(offsets):
                 with self._lock:
-                    self._uncommitted.append(record.offset)
-                if not self._wanted(record):
+                    self._uncommitted.append(offset)
+                if not self._wanted(labels[i], weights[i]):
                     continue
-                item = (self._sample(record), record.label, record.weight)
-                yield (*item, record.offset) if self.with_offsets else item
+                item = (self._sample(columns, i), labels[i], weights[i])
+                yield (*item, offset) if self.with_offsets else item
                 yielded += 1
                 if self.max_records is not None and yielded >= self.max_records:
                     return
 
-    def _wanted(self, record: LabelRecord) -> bool:
-        return record.weight >= self.min_weight and (self.classes is None or record.label in self.classes)
+    def _wanted(self, label: int, weight: float) -> bool:
+        return weight >= self.min_weight and (self.classes is None or label in self.classes)
 
-    def _sample(self, record: LabelRecord) -> Any:
-        array = record.sample_array() if self.include_samples else None
-        if array is None:
-            return record.sample_id
-        return torch.from_numpy(np.array(array, dtype=np.float32))
+    def _sample(self, columns: LabelColumns, i: int) -> Any:
+        if not self.include_samples or columns.samples is None:
+            return columns.ids[i]
+        return torch.from_numpy(np.array(columns.samples[i], dtype=np.float32))
 
     async def _pump(self, client: AsyncLabelerClient, consumer: str, buffer: queue.Queue) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async for records in client.subscribe(self.topic, self.group, consumer,
-                                                  max_batch=self.max_batch,
-                                                  include_samples=self.include_samples):
+            async for columns in client.subscribe_columns(self.topic, self.group, consumer,
+                                                          max_batch=self.max_batch,
+                                                          include_samples=self.include_samples):
                 # A blocking put on a worker thread: waits while the trainer is behind.
-                await loop.run_in_executor(None, buffer.put, records)
+                await loop.run_in_executor(None, buffer.put, columns)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

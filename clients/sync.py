@@ -48,11 +48,11 @@ class LoopThread:
 class LabelerClient:
     """Blocking twin of AsyncLabelerClient, with the same methods and arguments.
 
-    ``label``, ``ack``, ``get_topic`` block and return; ``label_stream`` and ``subscribe``
-    return iterators. Use as a context manager or call ``close``.
+    ``label``, ``ack``, ``get_topic`` block and return; ``label_stream``, ``subscribe`` and
+    ``subscribe_columns`` return iterators. Use as a context manager or call ``close``.
     """
 
-    _ITERATORS = frozenset({"label_stream", "subscribe"})
+    _ITERATORS = frozenset({"label_stream", "subscribe", "subscribe_columns"})
 
     def __init__(self, target: str, **kwargs: Any) -> None:
         self._thread = LoopThread()

@@ -5,7 +5,9 @@ Tensors are decoded zero-copy: ``np.frombuffer`` views the request's bytes (read
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -14,11 +16,11 @@ import numpy as np
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.errors import InvalidInput
-from pseudostream.server.labellog.base import LabelRecord
+from pseudostream.server.labellog.base import COLUMN_DTYPES, LabelRecord
 from pseudostream.server.outcome import LabelOutcome
 
 __all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
-           "encode_label_response", "encode_records", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",
+           "encode_label_response", "encode_records", "encode_columns", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",
            "MAX_METADATA_KEY_LENGTH", "MAX_METADATA_VALUE_LENGTH"]
 
 MAX_ID_LENGTH = 256
@@ -194,3 +196,37 @@ def encode_records(topic: str, records: Sequence[LabelRecord], include_samples: 
             sample.shape.extend(r.shape)
             sample.dtype = r.dtype
     return batch
+
+
+_NUMERIC = operator.attrgetter(*COLUMN_DTYPES.names)
+
+
+def encode_columns(topic: str, records: Sequence[LabelRecord], include_samples: bool) -> list[pb.PseudoLabelBatch]:
+    """Delivered pseudo-labels as columns (``SubscribeRequest.columnar``): numeric fields packed
+    as raw bytes, the samples as one tensor. Records whose samples differ in shape or dtype (or
+    that have none) from the one before start a new batch, so each batch's samples stack."""
+    def sample_key(r: LabelRecord) -> tuple | None:
+        if include_samples and r.sample is not None and r.shape is not None and r.dtype:
+            return tuple(r.shape), r.dtype
+        return None
+
+    return [pb.PseudoLabelBatch(topic=topic, columns=_columns(list(run), key))
+            for key, run in itertools.groupby(records, sample_key)]
+
+
+def _columns(records: list[LabelRecord], sample: tuple | None) -> pb.LabelColumns:
+    table = np.array(list(map(_NUMERIC, records)), dtype=COLUMN_DTYPES)
+    columns = pb.LabelColumns(
+        id=[r.sample_id for r in records], teacher_version=[r.teacher_version for r in records],
+        policy=[r.policy for r in records], **{name: table[name].tobytes() for name in COLUMN_DTYPES.names})
+    if sample is not None:
+        shape, dtype = sample
+        columns.samples.data = b"".join([r.sample for r in records])
+        columns.samples.shape.extend((len(records), *shape))
+        columns.samples.dtype = dtype
+    if any(r.metadata for r in records):
+        columns.metadata.extend(pb.Metadata(entries=r.metadata) for r in records)
+    if any(r.positive or r.negative for r in records):
+        columns.positive.extend(pb.ClassList(classes=r.positive) for r in records)
+        columns.negative.extend(pb.ClassList(classes=r.negative) for r in records)
+    return columns

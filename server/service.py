@@ -138,7 +138,10 @@ class LabelerServicer(pb_grpc.LabelerServicer):
                 records = await label_log.read(request.topic, request.group, request.consumer,
                                                max_batch, wait_s=_SUBSCRIBE_POLL_S,
                                                samples=request.include_samples)
-                if records:
+                if records and request.columnar:
+                    for batch in codec.encode_columns(request.topic, records, request.include_samples):
+                        yield batch
+                elif records:
                     yield codec.encode_records(request.topic, records, request.include_samples)
         finally:
             try:

@@ -80,18 +80,20 @@ class ClassList(_message.Message):
     def __init__(self, classes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("topic", "group", "consumer", "max_batch", "include_samples")
+    __slots__ = ("topic", "group", "consumer", "max_batch", "include_samples", "columnar")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNAR_FIELD_NUMBER: _ClassVar[int]
     topic: str
     group: str
     consumer: str
     max_batch: int
     include_samples: bool
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: bool = ...) -> None: ...
+    columnar: bool
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., max_batch: _Optional[int] = ..., include_samples: bool = ..., columnar: bool = ...) -> None: ...
 
 class PseudoLabel(_message.Message):
     __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "sample", "metadata", "positive", "negative", "created_at")
@@ -133,12 +135,46 @@ class PseudoLabel(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., id: _Optional[str] = ..., label: _Optional[int] = ..., confidence: _Optional[float] = ..., weight: _Optional[float] = ..., threshold: _Optional[float] = ..., teacher_version: _Optional[str] = ..., policy: _Optional[str] = ..., deliveries: _Optional[int] = ..., sample: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., positive: _Optional[_Iterable[int]] = ..., negative: _Optional[_Iterable[int]] = ..., created_at: _Optional[float] = ...) -> None: ...
 
 class PseudoLabelBatch(_message.Message):
-    __slots__ = ("topic", "labels")
+    __slots__ = ("topic", "labels", "columns")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     labels: _containers.RepeatedCompositeFieldContainer[PseudoLabel]
-    def __init__(self, topic: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[PseudoLabel, _Mapping]]] = ...) -> None: ...
+    columns: LabelColumns
+    def __init__(self, topic: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[PseudoLabel, _Mapping]]] = ..., columns: _Optional[_Union[LabelColumns, _Mapping]] = ...) -> None: ...
+
+class LabelColumns(_message.Message):
+    __slots__ = ("offset", "id", "label", "confidence", "weight", "threshold", "teacher_version", "policy", "deliveries", "samples", "metadata", "positive", "negative", "created_at")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    offset: bytes
+    id: _containers.RepeatedScalarFieldContainer[str]
+    label: bytes
+    confidence: bytes
+    weight: bytes
+    threshold: bytes
+    teacher_version: _containers.RepeatedScalarFieldContainer[str]
+    policy: _containers.RepeatedScalarFieldContainer[str]
+    deliveries: bytes
+    samples: Tensor
+    metadata: _containers.RepeatedCompositeFieldContainer[Metadata]
+    positive: _containers.RepeatedCompositeFieldContainer[ClassList]
+    negative: _containers.RepeatedCompositeFieldContainer[ClassList]
+    created_at: bytes
+    def __init__(self, offset: _Optional[bytes] = ..., id: _Optional[_Iterable[str]] = ..., label: _Optional[bytes] = ..., confidence: _Optional[bytes] = ..., weight: _Optional[bytes] = ..., threshold: _Optional[bytes] = ..., teacher_version: _Optional[_Iterable[str]] = ..., policy: _Optional[_Iterable[str]] = ..., deliveries: _Optional[bytes] = ..., samples: _Optional[_Union[Tensor, _Mapping]] = ..., metadata: _Optional[_Iterable[_Union[Metadata, _Mapping]]] = ..., positive: _Optional[_Iterable[_Union[ClassList, _Mapping]]] = ..., negative: _Optional[_Iterable[_Union[ClassList, _Mapping]]] = ..., created_at: _Optional[bytes] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("topic", "group", "consumer", "offsets")

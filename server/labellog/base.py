@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LabelBatch", "LabelRecord", "LabelLog"]
+__all__ = ["LabelBatch", "LabelRecord", "LabelLog", "COLUMN_DTYPES"]
 
 
 @dataclass
@@ -72,6 +72,11 @@ class LabelRecord:
         return np.frombuffer(self.sample, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(
             self.shape
         )
+
+
+# A LabelRecord's numeric fields as the packed columns of a columnar delivery (LabelColumns).
+COLUMN_DTYPES = np.dtype([("offset", "<i8"), ("label", "<i4"), ("confidence", "<f4"), ("weight", "<f4"),
+                          ("threshold", "<f4"), ("deliveries", "<u4"), ("created_at", "<f8")])
 
 
 class LabelLog(ABC):

@@ -74,3 +74,41 @@ async def test_disconnect_hands_unacked_labels_to_the_next_consumer(make_config,
             other_group = await _collect(client, "auditors", "c", want=24, quiet_s=0.1)
     assert sorted(r.offset for r in second) == sorted(r.offset for r in first[10:])
     assert sorted(r.offset for r in other_group) == list(range(24))  # groups are independent
+
+
+async def _collect_columns(client: AsyncLabelerClient, group: str, consumer: str, want: int) -> list:
+    """A columnar subscription's batches until ``want`` records arrived."""
+    got: list = []
+    async for columns in client.subscribe_columns("digits", group, consumer, max_batch=16):
+        got.append(columns)
+        if sum(map(len, got)) >= want:
+            break
+    return got
+
+
+async def test_a_columnar_trainer_gets_the_records_a_per_record_trainer_gets(make_config, digits):
+    config = make_config(**ACCEPT_ALL)
+    x = np.ascontiguousarray(digits.stream_x[:40])
+    ids = [f"c-{i}" for i in range(40)]
+    async with LabelingServer(config) as server:
+        async with AsyncLabelerClient(server.address) as client:
+            await client.label("digits", x[:25], ids=ids[:25], metadata=[{"k": str(i)} for i in range(25)])
+            await client.label("digits", x[25:], ids=ids[25:])
+            batches = await asyncio.wait_for(_collect_columns(client, "columns", "t0", want=40), 10)
+            records = await _collect(client, "records", "t0", want=40, quiet_s=0.1)
+            assert all(len(b) <= 16 and b.samples.shape == (len(b), *x.shape[1:]) for b in batches)
+            flat = [r for b in batches for r in b.records()]
+            assert sorted(flat, key=lambda r: r.offset) == sorted(records, key=lambda r: r.offset)
+            assert flat[3].metadata == {"k": str(ids.index(flat[3].sample_id))}
+            samples = np.concatenate([b.samples for b in batches])
+            order = [ids.index(i) for b in batches for i in b.ids]
+            np.testing.assert_array_equal(samples, x[order])
+            offsets = np.concatenate([b.offset for b in batches])
+            ack = await client.ack("digits", "columns", offsets[offsets < 16])  # an int64 array
+            assert (ack.acked, ack.committed_offset) == (16, 16)
+
+    async with LabelingServer(config) as server:  # the unacked come again, columnar too
+        async with AsyncLabelerClient(server.address) as client:
+            again = await asyncio.wait_for(_collect_columns(client, "columns", "t0", want=24), 10)
+    assert sorted(np.concatenate([b.offset for b in again]).tolist()) == list(range(16, 40))
+    assert all((b.deliveries == 2).all() for b in again)

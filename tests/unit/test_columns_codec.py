@@ -1,0 +1,90 @@
+"""Columnar delivery on the wire: the server's ``encode_columns`` and the client's
+``LabelColumns.from_proto`` give back the records the log read, field for field, with the
+samples of each batch as one array and no message per record."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pseudostream.clients.types import LabelColumns
+from pseudostream.proto.v1 import labeler_pb2 as pb
+from pseudostream.server.codec import encode_columns
+from pseudostream.server.labellog.base import LabelRecord
+
+# scores travel as float32: values it holds exactly
+BASE = dict(label=3, confidence=0.875, weight=0.5, threshold=0.75, teacher_version="v2", policy="flexmatch",
+            created_at=1.7e9 + 0.25, deliveries=2)
+
+
+def with_sample(offset: int, shape: tuple[int, ...] = (2, 3), dtype: str = "float32", **fields) -> LabelRecord:
+    sample = (np.arange(np.prod(shape)) + offset).astype(dtype).reshape(shape)
+    return LabelRecord(offset=offset, sample_id=f"s{offset}", sample=sample.tobytes(), shape=shape, dtype=dtype,
+                       **{**BASE, **fields})
+
+
+def over_the_wire(batches: list[pb.PseudoLabelBatch]) -> list[LabelColumns]:
+    parsed = [pb.PseudoLabelBatch.FromString(b.SerializeToString()) for b in batches]
+    assert all(not b.labels for b in parsed)  # no message per record
+    return [LabelColumns.from_proto(b.topic, b.columns) for b in parsed]
+
+
+def test_columns_round_trip_field_for_field():
+    sent = [with_sample(k, label=k, confidence=0.5 + k / 8, deliveries=k + 1) for k in range(5)]
+    sent[2] = dataclasses.replace(sent[2], teacher_version="v3", policy="softmatch", created_at=1.8e9 + 0.5,
+                                  metadata={"camera": "a"}, positive=(0, 4), negative=(2,), label=-1)
+    [got] = over_the_wire(encode_columns("t", sent, include_samples=True))
+    assert got.topic == "t" and len(got) == 5
+    assert got.records() == sent
+    assert got.samples.shape == (5, 2, 3) and got.samples.dtype == np.float32
+    np.testing.assert_array_equal(got.samples[3], np.arange(6, dtype=np.float32).reshape(2, 3) + 3)
+    np.testing.assert_array_equal(got.offset, np.arange(5))
+    assert got.offset.dtype == np.int64 and got.label.dtype == np.int32 and got.deliveries.dtype == np.uint32
+    assert got.label.tolist() == [0, 1, -1, 3, 4] and got.confidence[4] == np.float32(1.0)
+    assert got.metadata == [{}, {}, {"camera": "a"}, {}, {}]
+    assert got.positive[2] == (0, 4) and got.negative[2] == (2,) and got.positive[0] == ()
+    assert got.teacher_version[2] == "v3" and got.policy[1] == "flexmatch"
+
+
+def test_a_batch_without_lists_or_metadata_carries_none():
+    [got] = over_the_wire(encode_columns("t", [with_sample(0), with_sample(1)], include_samples=True))
+    assert got.metadata is None and got.positive is None and got.negative is None
+
+
+def test_without_samples_only_the_samples_are_left_out():
+    sent = [with_sample(k) for k in range(3)]
+    batches = encode_columns("t", sent, include_samples=False)
+    [got] = over_the_wire(batches)
+    assert not batches[0].columns.HasField("samples") and got.samples is None
+    assert got.records() == [dataclasses.replace(r, sample=None, shape=None, dtype=None) for r in sent]
+
+
+def test_records_whose_samples_differ_come_in_separate_batches_in_order():
+    plain = LabelRecord(offset=2, sample_id="plain", **BASE)
+    sent = [with_sample(0), with_sample(1), plain, with_sample(3, shape=(4,)), with_sample(4, dtype="uint8"),
+            with_sample(5, dtype="uint8")]
+    got = over_the_wire(encode_columns("t", sent, include_samples=True))
+    assert [len(c) for c in got] == [2, 1, 1, 2]
+    assert [c.samples.shape if c.samples is not None else None for c in got] == [(2, 2, 3), None, (1, 4), (2, 2, 3)]
+    assert [r for c in got for r in c.records()] == sent
+
+
+def test_the_samples_are_a_read_only_view():
+    [got] = over_the_wire(encode_columns("t", [with_sample(0)], include_samples=True))
+    with pytest.raises(ValueError):
+        got.samples[0, 0, 0] = 1.0
+
+
+@pytest.mark.parametrize("broken, message", [
+    (lambda c: setattr(c, "offset", c.offset[:8]), "1 offset values for 2 ids"),
+    (lambda c: c.policy.pop(), "1 policy entries for 2 ids"),
+    (lambda c: c.metadata.add(), "1 metadata entries for 2 ids"),
+    (lambda c: c.samples.shape.__setitem__(0, 1), "cannot reshape"),
+])
+def test_columns_of_the_wrong_length_are_refused(broken, message):
+    [batch] = encode_columns("t", [with_sample(0, metadata={}), with_sample(1)], include_samples=True)
+    broken(batch.columns)
+    with pytest.raises(ValueError, match=message):
+        LabelColumns.from_proto("t", batch.columns)
