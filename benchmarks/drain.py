@@ -1,5 +1,6 @@
 """How fast one trainer drains a backlog of labels with their samples, side by side in one run:
-the label log read in-process (the limit), the service's Subscribe and Ack over gRPC loopback
+the label log read in-process (the limit: as records, and as columns with ``read_columns``), the
+service's Subscribe and Ack over gRPC loopback
 (one message per record), the same with a columnar subscription (``subscribe_columns``: packed
 columns and one samples tensor per batch), and the per-record way again with glibc's allocator
 defaults (``keep_freed_memory_mib: 0``, see ``server/allocator.py``).
@@ -9,11 +10,12 @@ defaults (``keep_freed_memory_mib: 0``, see ``server/allocator.py``).
 
 A SQLite label log is filled once with ``--batches`` appends of 256 records, each with a random
 float32 sample of ``--shape``. Each round then drains it three ways, each as a new consumer
-group (which starts at the oldest record): in-process (``SqliteLabelLog.read`` and ``ack``), and
-through a fresh ``pseudostream serve`` on the file with each allocator setting (a one-node
-pooling teacher; nothing is labeled). Reported per way: the figures of its median round
+group (which starts at the oldest record): in-process (``SqliteLabelLog.read`` or
+``read_columns``, and ``ack``), and through a fresh ``pseudostream serve`` on the file for each
+service way (a one-node pooling teacher; nothing is labeled). Reported per way: the figures of its median round
 (records/s, MB/s of samples delivered, and for the services their user and system CPU and minor
-page faults per record, and records/s against the in-process read of the same round), then each
+page faults per record, and records/s against the in-process read of the same round, as records
+for the per-record ways and as columns for the columnar one), then each
 round's records/s in order; last, the medians over rounds of service against glibc's defaults
 and of the columnar way against the per-record one.
 With ``--no-samples`` the services deliver ids only (``include_samples`` false).
@@ -37,6 +39,7 @@ from pseudostream.benchmarks.bench_service import TOPIC, ServiceProcess
 from pseudostream.benchmarks.log_append import batch, shape_arg
 from pseudostream.clients.client import AsyncLabelerClient
 from pseudostream.models.pooling_teacher import build_pooling_teacher
+from pseudostream.server.allocator import keep_freed_memory
 from pseudostream.server.config import LabelLogConfig
 from pseudostream.server.labellog import SqliteLabelLog
 from pseudostream.server.labellog.factory import page_size_for
@@ -58,15 +61,20 @@ async def fill(db: Path, shape: tuple[int, ...], batches: int) -> int:
     return batches * APPEND
 
 
-async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack: bool) -> float:
-    """Seconds to read (and ack) ``total`` records as ``group`` straight from the log."""
+async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack: bool,
+                           columnar: bool = False) -> float:
+    """Seconds to read (and ack) ``total`` records as ``group`` straight from the log, as
+    records or (``columnar``) as columns."""
     async with SqliteLabelLog(db) as log:
         got, started = 0, time.perf_counter()
         while got < total:
-            records = await log.read(TOPIC, group, "trainer", max_batch)
-            got += len(records)
+            if columnar:
+                offsets = np.concatenate([c.offset for c in await log.read_columns(TOPIC, group, "trainer", max_batch)])
+            else:
+                offsets = [r.offset for r in await log.read(TOPIC, group, "trainer", max_batch)]
+            got += len(offsets)
             if ack:
-                await log.ack(TOPIC, group, [r.offset for r in records])
+                await log.ack(TOPIC, group, offsets)
         return time.perf_counter() - started
 
 
@@ -118,10 +126,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     total = asyncio.run(fill(db, args.shape, args.batches))
     teacher = build_pooling_teacher(work / "teacher", args.shape)
     sample_bytes = int(np.prod(args.shape)) * 4
-    rounds: dict[str, list[dict[str, Any]]] = {"in_process": [], **{way: [] for way in WAYS}}
+    rounds: dict[str, list[dict[str, Any]]] = {"in_process": [], "in_process_columnar": [],
+                                               **{way: [] for way in WAYS}}
     for k in range(args.rounds):
-        seconds = asyncio.run(drain_in_process(db, f"log-{k}", total, args.max_batch, args.ack))
-        rounds["in_process"].append(_figures(total, seconds, sample_bytes))
+        for columnar, way in ((False, "in_process"), (True, "in_process_columnar")):
+            seconds = asyncio.run(drain_in_process(db, f"{way}-{k}", total, args.max_batch, args.ack, columnar))
+            rounds[way].append(_figures(total, seconds, sample_bytes))
         for way, (keep, columnar) in WAYS.items():
             settings = {"label_log": {"path": str(db)}, "keep_freed_memory_mib": keep, "metrics_port": None}
             with ServiceProcess(work, "pooling", {"model_dir": str(teacher), "intra_op_threads": 1}, {},
@@ -130,7 +140,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack,
                                                     args.samples, columnar))
                 figures = _figures(total, seconds, sample_bytes if args.samples else 0, usage(service.pid) - before)
-            figures["vs_in_process"] = round(figures["records_per_s"] / rounds["in_process"][k]["records_per_s"], 3)
+            limit = rounds["in_process_columnar" if columnar else "in_process"][k]["records_per_s"]
+            figures["vs_in_process"] = round(figures["records_per_s"] / limit, 3)
             rounds[way].append(figures)
     report: dict[str, Any] = {"setup": {"shape": list(args.shape), "records": total, "max_batch": args.max_batch,
                                         "ack": args.ack, "samples": args.samples, "rounds": args.rounds}}
@@ -154,12 +165,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-ack", dest="ack", action="store_false", help="do not ack what arrives")
     p.add_argument("--no-samples", dest="samples", action="store_false",
                    help="the services deliver ids without samples (include_samples false)")
+    p.add_argument("--trainer-keep-freed-mib", type=int, default=64,
+                   help="the allocator setting (server/allocator.py) of this process: the in-process reads "
+                        "and the trainer; 0 keeps glibc's defaults")
     p.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = p.parse_args(argv)
     if args.batches < 1 or args.rounds < 1 or args.max_batch < 1 or len(args.shape) < 2:
         p.error("--batches, --rounds and --max-batch must be >= 1, and --shape C,H[,W]")
+    allocator = keep_freed_memory(args.trainer_keep_freed_mib << 20)
     with tempfile.TemporaryDirectory() as tmp:
         report = run(args, Path(tmp))
+    report["setup"]["trainer_allocator"] = allocator
     text = json.dumps(report, indent=1)
     print(text)
     if args.out is not None:

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from pseudostream.clients.types import AckResult, LabelColumns, LabelResult
+from pseudostream.clients.types import AckResult, LabelColumns, LabelResult, columns_from_proto
 from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.proto.v1 import labeler_pb2_grpc as pb_grpc
 from pseudostream.server.labellog.base import LabelRecord
@@ -137,7 +137,7 @@ class AsyncLabelerClient:
         call = self._stub.Subscribe(request)
         try:
             async for batch in call:
-                yield LabelColumns.from_proto(batch.topic, batch.columns)
+                yield columns_from_proto(batch.columns)
         finally:
             call.cancel()
 

@@ -133,16 +133,16 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         label_log = self.core.log
         assert label_log is not None
         max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
+        read = label_log.read_columns if request.columnar else label_log.read
         try:
             while not context.done() and not self.core.draining.is_set():
-                records = await label_log.read(request.topic, request.group, request.consumer,
-                                               max_batch, wait_s=_SUBSCRIBE_POLL_S,
-                                               samples=request.include_samples)
-                if records and request.columnar:
-                    for batch in codec.encode_columns(request.topic, records, request.include_samples):
-                        yield batch
-                elif records:
-                    yield codec.encode_records(request.topic, records, request.include_samples)
+                got = await read(request.topic, request.group, request.consumer, max_batch,
+                                 wait_s=_SUBSCRIBE_POLL_S, samples=request.include_samples)
+                if request.columnar:
+                    for columns in got:
+                        yield codec.encode_columns(request.topic, columns)
+                elif got:
+                    yield codec.encode_records(request.topic, got, request.include_samples)
         finally:
             try:
                 await asyncio.shield(label_log.release(request.topic, request.group, request.consumer))

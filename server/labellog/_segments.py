@@ -9,8 +9,9 @@ version, policy and creation time are the batch's. Appending a batch of 128 is t
 instead of 128, which is where the append's time went (``benchmarks/bench_profile.py``).
 
 ``pack`` builds a segment from a ``LabelBatch``, ``pack_rows`` from rows in the ``_rows`` layout
-(what the per-record ``records`` table of earlier releases held, migrated on open), and
-``unpack`` turns a segment back into ``LabelRecord`` s.
+(what the per-record ``records`` table of earlier releases held, migrated on open), ``unpack``
+turns a segment back into ``LabelRecord`` s and ``unpack_columns`` into ``LabelColumns`` (numpy
+slices of its columns: no object per record).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 
 from pseudostream.server.labellog._rows import class_lists, little_samples
 from pseudostream.server.labellog.base import LabelBatch, LabelRecord
+from pseudostream.server.labellog.columns import COLUMN_DTYPES, LabelColumns
 
-__all__ = ["SEGMENT_COLUMNS", "nbytes", "pack", "pack_rows", "unpack", "runs"]
+__all__ = ["SEGMENT_COLUMNS", "nbytes", "pack", "pack_rows", "unpack", "unpack_columns", "runs"]
 
 # After (topic, first): what pack/pack_rows return, in this order.
 SEGMENT_COLUMNS = ("n", "created_at", "teacher_version", "policy", "ids", "numbers", "samples", "shape", "dtype",
@@ -115,3 +117,34 @@ def unpack(first: int, segment: Sequence, wanted: Iterable[tuple[int, int]],
             positive=tuple(c.get("positive", ())), negative=tuple(c.get("negative", ())),
         )
     return found
+
+
+def unpack_columns(first: int, segment: Sequence, offsets: Sequence[int], deliveries: Sequence[int],
+                   samples_from: int = 0) -> LabelColumns:
+    """The rows of ``segment`` at ``offsets`` (ascending, inside the segment) as LabelColumns,
+    with their ``deliveries``; its samples may be a slice of the blob, as for ``unpack``."""
+    n, created, version, policy, ids, numbers, samples, shape, dtype, metadata, classes = segment
+    at = np.asarray(offsets, dtype=np.int64) - first
+    k, rows = len(at), at.tolist()
+    numbers = bytes(numbers)
+    scores = np.frombuffer(numbers, "<f8", 3 * n, 8 * n).reshape(3, n)[:, at]
+    stacked = None
+    if samples is not None:
+        stacked = np.frombuffer(samples, np.dtype(dtype).newbyteorder("<")).reshape(-1, *json.loads(shape))
+        lo = rows[0] - samples_from
+        # Consecutive rows (a fresh read) stay a view of the blob; others are gathered.
+        stacked = stacked[lo:lo + k] if rows[-1] - rows[0] == k - 1 else stacked[at - samples_from]
+    id_list = json.loads(ids)
+    meta = json.loads(metadata) if metadata else None
+    cls = [c or {} for c in json.loads(classes)] if classes else None
+    return LabelColumns(
+        offset=np.asarray(offsets, dtype=COLUMN_DTYPES["offset"]), ids=[id_list[i] for i in rows],
+        label=np.frombuffer(numbers, "<i8", n)[at].astype(COLUMN_DTYPES["label"]),
+        confidence=scores[0].astype(COLUMN_DTYPES["confidence"]), weight=scores[1].astype(COLUMN_DTYPES["weight"]),
+        threshold=scores[2].astype(COLUMN_DTYPES["threshold"]), teacher_version=[version] * k, policy=[policy] * k,
+        deliveries=np.asarray(deliveries, dtype=COLUMN_DTYPES["deliveries"]),
+        created_at=np.full(k, created, dtype=COLUMN_DTYPES["created_at"]), samples=stacked,
+        metadata=[dict(meta[i]) for i in rows] if meta else None,
+        positive=[tuple(cls[i].get("positive", ())) for i in rows] if cls else None,
+        negative=[tuple(cls[i].get("negative", ())) for i in rows] if cls else None,
+    )

@@ -1,5 +1,5 @@
-"""The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, reading records out
-of segments, and the move of earlier releases' per-record rows into segments (and of their per-id
+"""The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, reading records (or
+columns) out of segments, and the move of earlier releases' per-record rows into segments (and of their per-id
 idempotency entries into ``_recent``'s rows). Functions here run on the log's worker thread, on
 its connection."""
 
@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import bisect
 import sqlite3
+from typing import Iterator, Sequence
+
+import numpy as np
 
 from pseudostream.server.labellog._recent import DECIDED_SCHEMA, move_recent
-from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs, unpack
+from pseudostream.server.labellog._segments import SEGMENT_COLUMNS, pack_rows, runs, unpack, unpack_columns
 from pseudostream.server.labellog.base import LabelRecord
+from pseudostream.server.labellog.columns import LabelColumns, column_runs, concat_columns
 
-__all__ = ["SCHEMA", "INSERT_SEGMENT", "fetch_records", "migrate"]
+__all__ = ["SCHEMA", "INSERT_SEGMENT", "fetch_records", "fetch_columns", "migrate"]
 
 # segments (one row per appended batch, ``_segments``) keeps its rowid: rows carry the batch's
 # sample blobs, which WITHOUT ROWID tables handle badly. The small bookkeeping tables are
@@ -54,29 +58,61 @@ _SEGMENT_ROWS_NO_SAMPLES = (f"SELECT {', '.join(_NO_SAMPLES.get(c, c) for c in S
 _MOST_ROWS = 256
 
 
-def fetch_records(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]],
-                  samples: bool = True) -> list[LabelRecord]:
-    """The records for (offset, deliveries) pairs, in the order given; offsets that retention
-    dropped or that were never appended are skipped. One lookup per segment touched; only the
-    samples of the rows asked for are read, and none without ``samples``."""
+def _segments_of(conn: sqlite3.Connection, topic: str, offsets: Sequence[int],
+                 samples: bool) -> Iterator[tuple[int, tuple, list[int], int]]:
+    """(first, segment row, its offsets of ``offsets``, samples_from) for each segment holding
+    some of ``offsets`` (ascending, at or above the topic's low): one lookup per segment touched;
+    only the samples of the rows asked for are read, and none without ``samples``."""
     query = _SEGMENT_ROWS if samples else _SEGMENT_ROWS_NO_SAMPLES
-    low = conn.execute("SELECT COALESCE((SELECT low FROM topics WHERE topic = ?), 0)", (topic,)).fetchone()[0]
-    deliveries = dict(order)
-    wanted = sorted(off for off in deliveries if off >= low)
-    found: dict[int, LabelRecord] = {}
     i = 0
-    while i < len(wanted):
-        hit = conn.execute(_FIND_SEGMENT, (topic, wanted[i])).fetchone()
-        if hit is None or wanted[i] >= hit[0] + hit[1]:
+    while i < len(offsets):
+        hit = conn.execute(_FIND_SEGMENT, (topic, offsets[i])).fetchone()
+        if hit is None or offsets[i] >= hit[0] + hit[1]:
             i += 1
             continue
         first, n = hit
-        j = bisect.bisect_left(wanted, first + n, i)
-        lo, hi = wanted[i] - first, wanted[j - 1] - first
-        segment = conn.execute(query, {"topic": topic, "first": first, "lo": lo, "hi": hi}).fetchone()
-        found.update(unpack(first, segment, [(off, deliveries[off]) for off in wanted[i:j]], lo))
+        j = bisect.bisect_left(offsets, first + n, i)
+        lo, hi = offsets[i] - first, offsets[j - 1] - first
+        yield first, conn.execute(query, {"topic": topic, "first": first, "lo": lo, "hi": hi}).fetchone(), \
+            list(offsets[i:j]), lo
         i = j
+
+
+def _kept(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]]) -> list[int]:
+    """The offsets of ``order`` that retention kept, ascending."""
+    low = conn.execute("SELECT COALESCE((SELECT low FROM topics WHERE topic = ?), 0)", (topic,)).fetchone()[0]
+    return sorted(off for off, _ in order if off >= low)
+
+
+def fetch_records(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]],
+                  samples: bool = True) -> list[LabelRecord]:
+    """The records for (offset, deliveries) pairs, in the order given; offsets that retention
+    dropped or that were never appended are skipped."""
+    deliveries = dict(order)
+    found: dict[int, LabelRecord] = {}
+    for first, segment, offsets, lo in _segments_of(conn, topic, _kept(conn, topic, order), samples):
+        found.update(unpack(first, segment, [(off, deliveries[off]) for off in offsets], lo))
     return [found[off] for off, _ in order if off in found]
+
+
+def fetch_columns(conn: sqlite3.Connection, topic: str, order: list[tuple[int, int]],
+                  samples: bool = True) -> list[LabelColumns]:
+    """``fetch_records`` as columns: one LabelColumns of numpy slices of the segments, in the
+    order given ([] when none is found). Segments whose samples differ in shape or dtype go the
+    per-record way and come back cut into runs that stack (``column_runs``)."""
+    deliveries = dict(order)
+    parts = [unpack_columns(first, segment, offsets, [deliveries[off] for off in offsets], lo)
+             for first, segment, offsets, lo in _segments_of(conn, topic, _kept(conn, topic, order), samples)]
+    if not parts:
+        return []
+    if len({None if p.samples is None else (p.samples.shape[1:], p.samples.dtype) for p in parts}) > 1:
+        return column_runs(fetch_records(conn, topic, order, samples), samples)
+    joined = concat_columns(parts)  # ascending offsets
+    wanted = [off for off, _ in order]
+    if wanted != joined.offset.tolist():  # redeliveries first, or offsets retention dropped
+        at = np.searchsorted(joined.offset, wanted)
+        joined = joined.take(at[(at < len(joined)) & (joined.offset[np.minimum(at, len(joined) - 1)] == wanted)])
+    return [joined]
 
 
 # The per-record table of earlier releases, which ``migrate`` moves into segments.

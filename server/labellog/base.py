@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LabelBatch", "LabelRecord", "LabelLog", "COLUMN_DTYPES"]
+if TYPE_CHECKING:
+    from pseudostream.server.labellog.columns import LabelColumns
+
+__all__ = ["LabelBatch", "LabelRecord", "LabelLog"]
 
 
 @dataclass
@@ -74,11 +77,6 @@ class LabelRecord:
         )
 
 
-# A LabelRecord's numeric fields as the packed columns of a columnar delivery (LabelColumns).
-COLUMN_DTYPES = np.dtype([("offset", "<i8"), ("label", "<i4"), ("confidence", "<f4"), ("weight", "<f4"),
-                          ("threshold", "<f4"), ("deliveries", "<u4"), ("created_at", "<f8")])
-
-
 class LabelLog(ABC):
     """An append-only, per-topic log of accepted labels with consumer groups.
 
@@ -101,6 +99,17 @@ class LabelLog(ABC):
         least one record; returns [] if none came. Creates the group (at offset 0) if new.
         ``samples`` false: the records may come without their samples (``sample``, ``shape`` and
         ``dtype`` None), which spares a log reading them where it can."""
+
+    async def read_columns(
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0,
+        samples: bool = True,
+    ) -> list[LabelColumns]:
+        """``read`` as columns: the same records in the same order, as consecutive LabelColumns
+        (a new one wherever the samples' shape or dtype changes); [] if none came. This one
+        converts ``read``'s records; a log that stores columns cuts them without records."""
+        from pseudostream.server.labellog.columns import column_runs  # it imports this module
+
+        return column_runs(await self.read(topic, group, consumer, max_records, wait_s, samples), samples)
 
     @abstractmethod
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:

@@ -20,8 +20,9 @@ from pseudostream.server.labellog._checkpoint import Checkpointer
 from pseudostream.server.labellog._recent import RecentIndex, expire_decided, read_decided, write_decided
 from pseudostream.server.labellog._segments import nbytes, pack
 from pseudostream.server.labellog._sqlite_open import open_file
-from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, fetch_records
+from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, fetch_columns, fetch_records
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
+from pseudostream.server.labellog.columns import LabelColumns
 
 __all__ = ["SqliteLabelLog"]
 
@@ -117,6 +118,17 @@ class SqliteLabelLog(LabelLog):
         """Deliver up to ``max_records``: own claimable pending, others' claimable pending,
         then new records; waits up to ``wait_s`` for at least one (see the class docstring).
         Without ``samples`` the segments' sample blobs are not read."""
+        return await self._deliver(topic, group, consumer, max_records, wait_s, samples, fetch_records)
+
+    async def read_columns(
+        self, topic: str, group: str, consumer: str, max_records: int, wait_s: float = 0.0,
+        samples: bool = True,
+    ) -> list[LabelColumns]:
+        """``read`` as columns cut straight from the segments: no object per record."""
+        return await self._deliver(topic, group, consumer, max_records, wait_s, samples, fetch_columns)
+
+    async def _deliver(self, topic: str, group: str, consumer: str, max_records: int, wait_s: float,
+                       samples: bool, fetch: Callable[..., list]) -> list:
         if max_records < 1:
             raise InvalidInput(f"max_records must be at least 1, got {max_records}")
         loop = asyncio.get_running_loop()
@@ -127,7 +139,7 @@ class SqliteLabelLog(LabelLog):
             waiters.add(appended)  # registered before reading, so no append goes unnoticed
             try:
                 records, next_due = await self._call(
-                    "read", self._read_tx, topic, group, consumer, max_records, samples
+                    "read", self._read_tx, topic, group, consumer, max_records, samples, fetch
                 )
                 remaining = give_up - loop.time()
                 if records or remaining <= 0:
@@ -316,8 +328,9 @@ class SqliteLabelLog(LabelLog):
             return conn.executemany(sql, args).rowcount
 
     def _read_tx(
-        self, topic: str, group: str, consumer: str, limit: int, samples: bool = True
-    ) -> tuple[list[LabelRecord], float | None]:
+        self, topic: str, group: str, consumer: str, limit: int, samples: bool = True,
+        fetch: Callable[..., list] = fetch_records,
+    ) -> tuple[list, float | None]:
         """Claim and deliver in one transaction; also returns the next pending deadline."""
         now = time.time()
         deadline = now + self.visibility_timeout_s
@@ -351,7 +364,7 @@ class SqliteLabelLog(LabelLog):
                 (fresh.stop if fresh else cursor, topic, group),
             )
             order = claimed + [(off, 1) for off in fresh]
-            records = fetch_records(conn, topic, order, samples)
+            records = fetch(conn, topic, order, samples)
             next_due = None
             if not records:
                 next_due = self._scalar(
