@@ -17,6 +17,7 @@ import numpy as np
 from pseudostream.server.config import SQLITE_PAGE_SIZES
 from pseudostream.server.errors import ConfigError, InvalidInput, PseudostreamError
 from pseudostream.server.labellog._checkpoint import Checkpointer
+from pseudostream.server.labellog._pending import ack_pending, add_pending
 from pseudostream.server.labellog._recent import RecentIndex, expire_decided, read_decided, write_decided
 from pseudostream.server.labellog._segments import nbytes, pack
 from pseudostream.server.labellog._sqlite_open import open_file
@@ -151,8 +152,7 @@ class SqliteLabelLog(LabelLog):
 
     async def ack(self, topic: str, group: str, offsets: Sequence[int]) -> int:
         """Delete the group's pending entries for ``offsets``; returns how many there were."""
-        args = [(topic, group, int(o)) for o in offsets]
-        return await self._call("ack", self._ack_tx, args) if args else 0
+        return await self._call("ack", self._ack_tx, topic, group, offsets) if len(offsets) else 0
 
     async def release(self, topic: str, group: str, consumer: str) -> int:
         """Make ``consumer``'s pending records claimable now; returns how many."""
@@ -322,10 +322,9 @@ class SqliteLabelLog(LabelLog):
         conn.execute("DELETE FROM pending WHERE topic = ? AND offset < ?", (topic, low))
         conn.execute("UPDATE groups SET cursor = ? WHERE topic = ? AND cursor < ?", (low, topic, low))
 
-    def _ack_tx(self, args: list[tuple[str, str, int]]) -> int:
+    def _ack_tx(self, topic: str, group: str, offsets: Sequence[int]) -> int:
         with self._transaction() as conn:
-            sql = "DELETE FROM pending WHERE topic = ? AND grp = ? AND offset = ?"
-            return conn.executemany(sql, args).rowcount
+            return ack_pending(conn, topic, group, offsets)
 
     def _read_tx(
         self, topic: str, group: str, consumer: str, limit: int, samples: bool = True,
@@ -355,10 +354,7 @@ class SqliteLabelLog(LabelLog):
                 "SELECT COALESCE((SELECT next_offset FROM topics WHERE topic = ?), 0)", (topic,)
             )
             fresh = range(cursor, min(end, cursor + limit - len(claimed)))
-            conn.executemany(
-                "INSERT INTO pending VALUES (?, ?, ?, ?, ?, 1)",
-                [(topic, group, off, consumer, deadline) for off in fresh],
-            )
+            add_pending(conn, topic, group, fresh, consumer, deadline)
             conn.execute(
                 "UPDATE groups SET cursor = ? WHERE topic = ? AND grp = ?",
                 (fresh.stop if fresh else cursor, topic, group),
