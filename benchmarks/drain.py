@@ -1,24 +1,31 @@
-"""How fast one trainer drains a backlog of labels with their samples, side by side in one run:
-the label log read in-process (the limit: as records, and as columns with ``read_columns``), the
-service's Subscribe and Ack over gRPC loopback
-(one message per record), the same with a columnar subscription (``subscribe_columns``: packed
-columns and one samples tensor per batch), and the per-record way again with glibc's allocator
-defaults (``keep_freed_memory_mib: 0``, see ``server/allocator.py``).
+"""How fast one trainer drains a backlog of labels with their samples, side by side in one run.
 
     python -m pseudostream.benchmarks.drain [--shape 3,32,32] [--batches 100] [--max-batch 256]
-        [--rounds 2] [--no-ack] [--no-samples] [--out drain-report.json]
+        [--rounds 2] [--no-ack] [--no-samples] [--dataset] [--out drain-report.json]
 
 A SQLite label log is filled once with ``--batches`` appends of 256 records, each with a random
-float32 sample of ``--shape``. Each round then drains it three ways, each as a new consumer
-group (which starts at the oldest record): in-process (``SqliteLabelLog.read`` or
-``read_columns``, and ``ack``), and through a fresh ``pseudostream serve`` on the file for each
-service way (a one-node pooling teacher; nothing is labeled). Reported per way: the figures of its median round
-(records/s, MB/s of samples delivered, and for the services their user and system CPU and minor
-page faults per record, and records/s against the in-process read of the same round, as records
-for the per-record ways and as columns for the columnar one), then each
-round's records/s in order; last, the medians over rounds of service against glibc's defaults
-and of the columnar way against the per-record one.
-With ``--no-samples`` the services deliver ids only (``include_samples`` false).
+float32 sample of ``--shape``. Each round then drains it several ways, each as a new consumer
+group (which starts at the oldest record), acking each batch (``--no-ack``: no acks):
+
+* ``in_process`` and ``in_process_columnar``: the log read straight (``SqliteLabelLog.read``, or
+  ``read_columns``), the limits;
+* ``service``: a fresh ``pseudostream serve`` on the file (a one-node pooling teacher; nothing is
+  labeled), one trainer on ``subscribe`` (one message per record);
+* ``service_columnar``: the same on ``subscribe_columns`` (packed columns, one samples tensor a
+  batch);
+* ``service_glibc_defaults``: ``service`` with the allocator left to glibc
+  (``keep_freed_memory_mib: 0``, see ``server/allocator.py``);
+* with ``--dataset``, ``dataset`` and ``dataset_batched``: the trainer is ``PseudoLabelDataset``
+  through a DataLoader (batches of ``--max-batch`` samples collated per sample, or
+  ``batched=True`` with ``batch_size=None``), ``commit`` after each batch.
+
+Reported per way: the figures of its median round (records/s, MB/s of samples delivered, and for
+the services their user and system CPU and minor page faults per record, and records/s against
+the in-process read of the same round: as records for the per-record ways, as columns for the
+others), then each round's records/s in order; last, the medians over rounds of service against
+glibc's defaults and of the columnar way against the per-record one. With ``--no-samples`` the
+services deliver ids only (``include_samples`` false). This process (the in-process reads and
+the trainers) sets the allocator as the service does (``--trainer-keep-freed-mib``).
 """
 
 from __future__ import annotations
@@ -47,8 +54,9 @@ from pseudostream.server.labellog.factory import page_size_for
 __all__ = ["main"]
 
 APPEND = 256  # records per append, as a service appends a batch
-# Each service's (keep_freed_memory_mib, columnar subscription)
-WAYS = {"service": (64, False), "service_columnar": (64, True), "service_glibc_defaults": (0, False)}
+# Each service way's keep_freed_memory_mib and trainer (a drain_* function's kind)
+WAYS = {"service": (64, "records"), "service_columnar": (64, "columns"), "service_glibc_defaults": (0, "records")}
+DATASET_WAYS = {"dataset": (64, "dataset"), "dataset_batched": (64, "dataset_batched")}
 
 
 async def fill(db: Path, shape: tuple[int, ...], batches: int) -> int:
@@ -76,6 +84,26 @@ async def drain_in_process(db: Path, group: str, total: int, max_batch: int, ack
             if ack:
                 await log.ack(TOPIC, group, offsets)
         return time.perf_counter() - started
+
+
+def drain_dataset(target: str, group: str, total: int, max_batch: int, ack: bool, samples: bool = True,
+                  batched: bool = False) -> float:
+    """Seconds for a PseudoLabelDataset trainer to iterate (and commit) ``total`` records as
+    ``group``: through a DataLoader collating ``max_batch`` samples, or ``batched``."""
+    from torch.utils.data import DataLoader
+
+    from pseudostream.clients.dataset import PseudoLabelDataset
+
+    dataset = PseudoLabelDataset(target, TOPIC, group, "trainer", include_samples=samples, max_batch=max_batch,
+                                 max_records=total, batched=batched)
+    try:
+        started = time.perf_counter()
+        for batch in DataLoader(dataset, batch_size=None if batched else max_batch):
+            if ack:
+                dataset.commit()
+        return time.perf_counter() - started
+    finally:
+        dataset.close()
 
 
 async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool,
@@ -126,25 +154,30 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     total = asyncio.run(fill(db, args.shape, args.batches))
     teacher = build_pooling_teacher(work / "teacher", args.shape)
     sample_bytes = int(np.prod(args.shape)) * 4
+    ways = {**WAYS, **(DATASET_WAYS if args.dataset else {})}
     rounds: dict[str, list[dict[str, Any]]] = {"in_process": [], "in_process_columnar": [],
-                                               **{way: [] for way in WAYS}}
+                                               **{way: [] for way in ways}}
     for k in range(args.rounds):
         for columnar, way in ((False, "in_process"), (True, "in_process_columnar")):
             seconds = asyncio.run(drain_in_process(db, f"{way}-{k}", total, args.max_batch, args.ack, columnar))
             rounds[way].append(_figures(total, seconds, sample_bytes))
-        for way, (keep, columnar) in WAYS.items():
+        for way, (keep, trainer) in ways.items():
             settings = {"label_log": {"path": str(db)}, "keep_freed_memory_mib": keep, "metrics_port": None}
             with ServiceProcess(work, "pooling", {"model_dir": str(teacher), "intra_op_threads": 1}, {},
                                 settings) as service:
                 before = usage(service.pid)
-                seconds = asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack,
-                                                    args.samples, columnar))
+                drain = (args.samples, trainer == "dataset_batched")
+                seconds = (drain_dataset(service.target, f"{way}-{k}", total, args.max_batch, args.ack, *drain)
+                           if trainer.startswith("dataset") else
+                           asyncio.run(drain_service(service.target, f"{way}-{k}", total, args.max_batch, args.ack,
+                                                     args.samples, trainer == "columns")))
                 figures = _figures(total, seconds, sample_bytes if args.samples else 0, usage(service.pid) - before)
-            limit = rounds["in_process_columnar" if columnar else "in_process"][k]["records_per_s"]
+            limit = rounds["in_process" if trainer == "records" else "in_process_columnar"][k]["records_per_s"]
             figures["vs_in_process"] = round(figures["records_per_s"] / limit, 3)
             rounds[way].append(figures)
     report: dict[str, Any] = {"setup": {"shape": list(args.shape), "records": total, "max_batch": args.max_batch,
-                                        "ack": args.ack, "samples": args.samples, "rounds": args.rounds}}
+                                        "ack": args.ack, "samples": args.samples, "rounds": args.rounds,
+                                        "dataset": args.dataset}}
     for way, figures in rounds.items():
         order = sorted(range(len(figures)), key=lambda i: figures[i]["records_per_s"])
         median = figures[order[(len(order) - 1) // 2]]
@@ -165,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-ack", dest="ack", action="store_false", help="do not ack what arrives")
     p.add_argument("--no-samples", dest="samples", action="store_false",
                    help="the services deliver ids without samples (include_samples false)")
+    p.add_argument("--dataset", action="store_true",
+                   help="also drain with PseudoLabelDataset trainers, per sample and batched")
     p.add_argument("--trainer-keep-freed-mib", type=int, default=64,
                    help="the allocator setting (server/allocator.py) of this process: the in-process reads "
                         "and the trainer; 0 keeps glibc's defaults")

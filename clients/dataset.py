@@ -2,7 +2,10 @@
 
 Yields ``(sample, label, weight)``, or ``(sample, label, weight, offset)`` with
 ``with_offsets=True`` (the sample as a float tensor when the topic stores samples and
-``include_samples`` is on, else the sample id). Records arrive through a bounded prefetch queue
+``include_samples`` is on, else the sample id). With ``batched=True`` it yields each delivered
+batch whole, as tensors (``samples`` [n, ...] float32, ``labels`` int64, ``weights`` float32,
+``offsets`` int64; a list of ids in place of ``samples`` without them): no object per sample, for
+``DataLoader(dataset, batch_size=None)``. Records arrive through a bounded prefetch queue
 (backpressure: a slow trainer does not buffer without limit); the subscription is columnar
 (``subscribe_columns``): a delivered batch's samples arrive as one array, no object per record.
 
@@ -46,14 +49,14 @@ class PseudoLabelDataset(IterableDataset):
     ``idle_timeout_s``: stop iterating after this long without a new label (None: never).
     ``max_records``: stop after yielding this many. ``min_weight`` and ``classes``: skip (but
     still ack) labels with a lower weight or another class. ``prefetch_batches``: most delivered
-    batches buffered ahead of training.
+    batches buffered ahead of training. ``batched``: yield delivered batches (module docstring).
     """
 
     def __init__(self, target: str, topic: str, group: str, consumer: str, *,
                  include_samples: bool = True, with_offsets: bool = False,
                  idle_timeout_s: float | None = None, max_records: int | None = None,
                  min_weight: float = 0.0, classes: Iterable[int] | None = None,
-                 max_batch: int = 256, prefetch_batches: int = 4,
+                 max_batch: int = 256, prefetch_batches: int = 4, batched: bool = False,
                  client_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.target, self.topic, self.group, self.consumer = target, topic, group, consumer
@@ -61,7 +64,7 @@ class PseudoLabelDataset(IterableDataset):
         self.idle_timeout_s, self.max_records = idle_timeout_s, max_records
         self.min_weight = min_weight
         self.classes = None if classes is None else frozenset(int(c) for c in classes)
-        self.max_batch, self.prefetch_batches = max_batch, prefetch_batches
+        self.max_batch, self.prefetch_batches, self.batched = max_batch, prefetch_batches, batched
         self.client_kwargs = client_kwargs or {}
         self.committed_offset = 0
         self._uncommitted: list[int] = []
@@ -95,7 +98,7 @@ class PseudoLabelDataset(IterableDataset):
         pump = asyncio.run_coroutine_threadsafe(
             self._pump(client, self._consumer_name(), buffer), loop.loop)
         try:
-            yield from self._records(buffer)
+            yield from (self._batches(buffer) if self.batched else self._records(buffer))
         finally:
             pump.cancel()
             with contextlib.suppress(queue.Empty):
@@ -122,6 +125,35 @@ class PseudoLabelDataset(IterableDataset):
                 yielded += 1
                 if self.max_records is not None and yielded >= self.max_records:
                     return
+
+    def _batches(self, buffer: queue.Queue) -> Iterator[tuple[Any, ...]]:
+        yielded = 0
+        while self.max_records is None or yielded < self.max_records:
+            try:
+                columns = buffer.get(timeout=self.idle_timeout_s)
+            except queue.Empty:
+                return
+            if columns is _END:
+                return
+            keep = columns.weight >= self.min_weight
+            if self.classes is not None:
+                keep &= np.isin(columns.label, list(self.classes))
+            rows = np.flatnonzero(keep)
+            end = len(columns)  # rows up to here count as seen (acked by commit)
+            if self.max_records is not None and len(rows) > self.max_records - yielded:
+                rows = rows[:self.max_records - yielded]
+                end = int(rows[-1]) + 1
+            with self._lock:
+                self._uncommitted.extend(columns.offset[:end].tolist())
+            if not len(rows):
+                continue
+            samples: Any = [columns.ids[i] for i in rows.tolist()]
+            if self.include_samples and columns.samples is not None:
+                samples = torch.from_numpy(np.array(columns.samples[rows], dtype=np.float32))
+            item = (samples, torch.from_numpy(columns.label[rows].astype(np.int64)),
+                    torch.from_numpy(columns.weight[rows].astype(np.float32)))
+            yield (*item, torch.from_numpy(columns.offset[rows].astype(np.int64))) if self.with_offsets else item
+            yielded += len(rows)
 
     def _wanted(self, label: int, weight: float) -> bool:
         return weight >= self.min_weight and (self.classes is None or label in self.classes)

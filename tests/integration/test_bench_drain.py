@@ -45,3 +45,12 @@ def test_drain_without_samples_delivers_ids_only():
     for way in ("service", "service_columnar"):
         assert report[way]["records_per_s"] > 0 and report[way]["mb_per_s"] == 0
     assert report["in_process"]["mb_per_s"] > 0  # the log read in-process still reads them
+
+
+def test_drain_with_dataset_trainers_counts_every_record():
+    report = main(["--batches", "2", "--rounds", "1", "--shape", "1,8,8", "--max-batch", "100", "--dataset"])
+    assert report["setup"]["dataset"] is True and report["setup"]["records"] == 512
+    for way in ("dataset", "dataset_batched"):
+        assert report[way]["records_per_s"] > 0 and report[way]["user_us_per_record"] > 0
+        assert report[way]["vs_in_process"] == pytest.approx(
+            report[way]["records_per_s"] / report["in_process_columnar"]["records_per_s"], abs=1e-3)

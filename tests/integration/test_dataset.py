@@ -104,6 +104,36 @@ async def test_class_and_weight_filters_skip_but_still_ack(make_config, digits):
     assert state.group_lag["g"] == 0  # the skipped ones were acked too
 
 
+async def test_batched_dataset_yields_each_delivery_as_tensors(make_config, digits):
+    config = make_config(topics={"digits": {"policy": {"name": "fixed", "params": {"tau": 0.0}}}})
+    x = np.ascontiguousarray(digits.stream_x[:48])
+    async with LabelingServer(config) as server:
+        def scenario() -> tuple:
+            with LabelerClient(server.address) as client:
+                labels = client.label("digits", x, ids=[f"b-{i}" for i in range(48)]).label
+            runs = []
+            for group, options in (("low", {"classes": range(5)}), ("first20", {"max_records": 20})):
+                dataset = PseudoLabelDataset(server.address, "digits", group, "c", batched=True, with_offsets=True,
+                                             max_batch=16, idle_timeout_s=1.0, **options)
+                runs.append(list(DataLoader(dataset, batch_size=None)))
+                dataset.commit()
+                dataset.close()
+            with LabelerClient(server.address) as client:
+                state = client.get_topic("digits", groups=["low", "first20"])
+            return labels, runs, state
+
+        labels, (low, first20), state = await asyncio.get_running_loop().run_in_executor(None, scenario)
+    for samples, y, w, offsets in low + first20:
+        assert samples.dtype == torch.float32 and samples.shape == (len(y), 1, 8, 8) and len(y) <= 16
+        assert y.dtype == torch.int64 and w.dtype == torch.float32 and offsets.dtype == torch.int64
+        np.testing.assert_array_equal(samples.numpy(), x[offsets.numpy()])  # one request: offset = row
+        np.testing.assert_array_equal(y.numpy(), labels[offsets.numpy()])
+    assert torch.cat([b[3] for b in low]).tolist() == [i for i in range(48) if labels[i] < 5]
+    assert state.group_lag["low"] == 0  # the other classes were skipped, and acked too
+    assert torch.cat([b[3] for b in first20]).tolist() == list(range(20))
+    assert state.group_committed["first20"] == 20 and state.group_lag["first20"] == 28
+
+
 async def test_example_trainer_runs_against_a_live_service(make_config, digits):
     import subprocess
     import sys
