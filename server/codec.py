@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from pseudostream.server.labellog.columns import COLUMN_DTYPES, LabelColumns
 from pseudostream.server.outcome import LabelOutcome
 
 __all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
-           "encode_label_response", "encode_records", "encode_columns", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",
+           "encode_label_response", "encode_records", "encode_columns", "records_bound", "columns_bound",
+           "split_to_fit", "MAX_ID_LENGTH", "MAX_METADATA_ENTRIES",
            "MAX_METADATA_KEY_LENGTH", "MAX_METADATA_VALUE_LENGTH"]
 
 MAX_ID_LENGTH = 256
@@ -236,3 +237,50 @@ def _bytes_of(array: np.ndarray) -> bytes:
     if isinstance(base, bytes) and array.flags.c_contiguous and array.nbytes == len(base):
         return base
     return np.ascontiguousarray(array).tobytes()
+
+
+# More than a delivered record's fields take in a message besides its strings, samples, metadata
+# and classes: tags, length prefixes, varints of up to ten bytes, the sample tensor's header.
+_RECORD_OVERHEAD = 160
+_ENTRY_OVERHEAD = 16  # a metadata map entry's tags and lengths
+_Part = TypeVar("_Part", Sequence[LabelRecord], LabelColumns)
+
+
+def records_bound(records: Sequence[LabelRecord], include_samples: bool = True) -> int:
+    """An upper bound on the bytes of ``encode_records`` of these records, without encoding
+    (upb's ByteSize encodes the message to measure it). Strings count 4 bytes a character
+    (UTF-8's most)."""
+    total = 64 + _RECORD_OVERHEAD * len(records)
+    for r in records:
+        total += 4 * (len(r.sample_id) + len(r.teacher_version) + len(r.policy)) + 6 * (len(r.positive) + len(r.negative))
+        if include_samples and r.sample is not None:
+            total += len(r.sample) + 11 * len(r.shape or ())
+        if r.metadata:
+            total += sum(4 * (len(k) + len(v)) + _ENTRY_OVERHEAD for k, v in r.metadata.items())
+    return total
+
+
+def columns_bound(columns: LabelColumns) -> int:
+    """An upper bound on the bytes of ``encode_columns`` of these columns, without encoding."""
+    n = len(columns)
+    total = 64 + _RECORD_OVERHEAD * n + 4 * (sum(map(len, columns.ids)) + sum(map(len, columns.teacher_version))
+                                             + sum(map(len, columns.policy)))
+    if columns.samples is not None:
+        total += columns.samples.nbytes + 11 * columns.samples.ndim
+    if columns.metadata is not None:
+        total += sum(4 * (len(k) + len(v)) + _ENTRY_OVERHEAD for m in columns.metadata for k, v in m.items())
+    for lists in (columns.positive, columns.negative):
+        total += 6 * sum(map(len, lists or ()))
+    return total
+
+
+def split_to_fit(part: _Part, bound: Callable[[_Part], int], limit: int) -> Iterator[_Part]:
+    """``part`` (records, or columns) in consecutive halves, halved again until ``bound`` of each
+    is at most ``limit`` bytes (the most a message may have) or it holds one record."""
+    if len(part) <= 1 or bound(part) <= limit:
+        yield part
+        return
+    half = len(part) // 2
+    for piece in ((part[:half], part[half:]) if isinstance(part, list) else
+                  (part.take(slice(0, half)), part.take(slice(half, None)))):
+        yield from split_to_fit(piece, bound, limit)

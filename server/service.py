@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import AsyncIterator
@@ -134,15 +135,20 @@ class LabelerServicer(pb_grpc.LabelerServicer):
         assert label_log is not None
         max_batch = request.max_batch or _DEFAULT_SUBSCRIBE_BATCH
         read = label_log.read_columns if request.columnar else label_log.read
+        limit = self.core.config.max_message_bytes
         try:
             while not context.done() and not self.core.draining.is_set():
                 got = await read(request.topic, request.group, request.consumer, max_batch,
                                  wait_s=_SUBSCRIBE_POLL_S, samples=request.include_samples)
+                # A batch whose message would pass the message size limit goes in parts.
                 if request.columnar:
                     for columns in got:
-                        yield codec.encode_columns(request.topic, columns)
+                        for part in codec.split_to_fit(columns, codec.columns_bound, limit):
+                            yield codec.encode_columns(request.topic, part)
                 elif got:
-                    yield codec.encode_records(request.topic, got, request.include_samples)
+                    bound = functools.partial(codec.records_bound, include_samples=request.include_samples)
+                    for records in codec.split_to_fit(got, bound, limit):
+                        yield codec.encode_records(request.topic, records, request.include_samples)
         finally:
             try:
                 await asyncio.shield(label_log.release(request.topic, request.group, request.consumer))

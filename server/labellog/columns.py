@@ -77,13 +77,15 @@ class LabelColumns:
             negative=[r.negative for r in records] if any(r.positive or r.negative for r in records) else None,
         )
 
-    def take(self, index: Sequence[int]) -> "LabelColumns":
-        """The rows at ``index``, in that order."""
-        at = np.asarray(index, dtype=np.intp)
-        rows = at.tolist()
+    def take(self, index: Sequence[int] | slice) -> "LabelColumns":
+        """The rows at ``index`` (positions, in that order, or a slice: views of the arrays)."""
+        at = index if isinstance(index, slice) else np.asarray(index, dtype=np.intp)
+        rows = None if isinstance(index, slice) else at.tolist()  # type: ignore[union-attr]
 
         def pick(values: list | None) -> list | None:
-            return None if values is None else [values[i] for i in rows]
+            if values is None:
+                return None
+            return values[index] if rows is None else [values[i] for i in rows]  # type: ignore[index]
 
         return LabelColumns(
             **{name: getattr(self, name)[at] for name in COLUMN_DTYPES.names},

@@ -112,3 +112,26 @@ async def test_a_columnar_trainer_gets_the_records_a_per_record_trainer_gets(mak
             again = await asyncio.wait_for(_collect_columns(client, "columns", "t0", want=24), 10)
     assert sorted(np.concatenate([b.offset for b in again]).tolist()) == list(range(16, 40))
     assert all((b.deliveries == 2).all() for b in again)
+
+
+async def test_a_batch_larger_than_the_message_limit_arrives_in_parts(make_config, digits):
+    """6000 digits with samples (1.5 MB) against a 1 MiB message limit: a trainer asking for them
+    all in one batch gets them in parts, each within the limit, both ways, nothing lost."""
+    config = make_config(**ACCEPT_ALL, max_message_bytes=1 << 20)
+    x = np.ascontiguousarray(np.resize(digits.stream_x, (6000, *digits.stream_x.shape[1:])))
+    async with LabelingServer(config) as server:
+        async with AsyncLabelerClient(server.address) as client:
+            for i in range(0, 6000, 1000):
+                await client.label("digits", x[i:i + 1000], ids=[f"big-{j}" for j in range(i, i + 1000)])
+
+            async def drain(way: str) -> list[int]:
+                sizes: list[int] = []
+                async for batch in getattr(client, way)("digits", way, "c", max_batch=10000):
+                    sizes.append(len(batch))
+                    if sum(sizes) == 6000:
+                        return sizes
+                return sizes
+
+            for way in ("subscribe", "subscribe_columns"):
+                sizes = await asyncio.wait_for(drain(way), 20)
+                assert sum(sizes) == 6000 and len(sizes) > 1, (way, sizes)

@@ -11,7 +11,7 @@ import pytest
 
 from pseudostream.clients.types import columns_from_proto
 from pseudostream.proto.v1 import labeler_pb2 as pb
-from pseudostream.server.codec import encode_columns
+from pseudostream.server.codec import columns_bound, encode_columns, encode_records, records_bound, split_to_fit
 from pseudostream.server.labellog.base import LabelRecord
 from pseudostream.server.labellog.columns import LabelColumns, column_runs, concat_columns
 
@@ -121,3 +121,30 @@ def test_samples_that_view_a_whole_bytes_object_go_on_the_wire_without_a_copy():
     assert batch.columns.samples.data == blob and list(batch.columns.samples.shape) == [4, 2, 3]
     part = encode_columns("t", dataclasses.replace(columns.take([1, 2]), samples=whole[1:3]))
     assert part.columns.samples.data == blob[24:72]
+
+
+def test_the_size_bounds_hold_for_every_field():
+    sent = [with_sample(k, shape=(3, 5)) for k in range(6)]
+    sent[1] = dataclasses.replace(sent[1], sample_id="x" * 256, metadata={"k" * 128: "v" * 1024, "a": ""},
+                                  positive=(0, 2**20), negative=(7,), label=-1, offset=2**62, deliveries=2**31)
+    sent[2] = dataclasses.replace(sent[2], teacher_version="v" * 300, policy="p" * 80, created_at=-1e300,
+                                  confidence=float("nan"))
+    sent[3] = dataclasses.replace(sent[3], sample_id="\U0001F600" * 256, metadata={"\u00e9": "\u4e2d" * 1024})
+    for include in (True, False):
+        assert records_bound(sent, include) >= encode_records("t", sent, include).ByteSize()
+        for columns in column_runs(sent, include):
+            assert columns_bound(columns) >= encode_columns("t", columns).ByteSize()
+    assert records_bound(sent, False) < records_bound(sent, True) - 6 * 15 * 4
+
+
+def test_split_to_fit_halves_in_order_until_each_part_fits():
+    sent = [with_sample(k, shape=(64,)) for k in range(10)]  # 256 bytes of samples each
+    [columns] = column_runs(sent)
+    limit = columns_bound(columns.take(slice(0, 3)))
+    parts = list(split_to_fit(columns, columns_bound, limit))
+    assert [len(p) for p in parts] == [2, 3, 2, 3]
+    assert [r for p in parts for r in p.records()] == sent
+    assert all(columns_bound(p) <= limit for p in parts)
+    pieces = list(split_to_fit(sent, records_bound, records_bound(sent[:5])))
+    assert [len(p) for p in pieces] == [5, 5] and [r for p in pieces for r in p] == sent
+    assert list(split_to_fit(sent[:1], records_bound, 10)) == [sent[:1]]  # one record goes as it is
