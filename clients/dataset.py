@@ -26,7 +26,7 @@ import logging
 import os
 import queue
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,15 +105,21 @@ class PseudoLabelDataset(IterableDataset):
                 while True:  # unblock a pump waiting on a full buffer
                     buffer.get_nowait()
 
-    def _records(self, buffer: queue.Queue) -> Iterator[tuple[Any, ...]]:
-        yielded = 0
-        while self.max_records is None or yielded < self.max_records:
+    def _deliveries(self, buffer: queue.Queue, yielded: Callable[[], int]) -> Iterator[LabelColumns]:
+        """Delivered batches as they arrive, until ``yielded()`` reaches ``max_records``, the
+        subscription ends, or none comes for ``idle_timeout_s``."""
+        while self.max_records is None or yielded() < self.max_records:
             try:
                 columns = buffer.get(timeout=self.idle_timeout_s)
             except queue.Empty:
                 return
             if columns is _END:
                 return
+            yield columns
+
+    def _records(self, buffer: queue.Queue) -> Iterator[tuple[Any, ...]]:
+        yielded = 0
+        for columns in self._deliveries(buffer, lambda: yielded):
             offsets, labels, weights = columns.offset.tolist(), columns.label.tolist(), columns.weight.tolist()
             for i, offset in enumerate(offsets):
                 with self._lock:
@@ -128,13 +134,7 @@ class PseudoLabelDataset(IterableDataset):
 
     def _batches(self, buffer: queue.Queue) -> Iterator[tuple[Any, ...]]:
         yielded = 0
-        while self.max_records is None or yielded < self.max_records:
-            try:
-                columns = buffer.get(timeout=self.idle_timeout_s)
-            except queue.Empty:
-                return
-            if columns is _END:
-                return
+        for columns in self._deliveries(buffer, lambda: yielded):
             keep = columns.weight >= self.min_weight
             if self.classes is not None:
                 keep &= np.isin(columns.label, list(self.classes))
