@@ -95,15 +95,19 @@ def drain_dataset(target: str, group: str, total: int, max_batch: int, ack: bool
     from pseudostream.clients.dataset import PseudoLabelDataset
 
     dataset = PseudoLabelDataset(target, TOPIC, group, "trainer", include_samples=samples, max_batch=max_batch,
-                                 max_records=total, batched=batched)
+                                 max_records=total, batched=batched, idle_timeout_s=30.0)
     try:
-        started = time.perf_counter()
+        got, started = 0, time.perf_counter()
         for batch in DataLoader(dataset, batch_size=None if batched else max_batch):
+            got += len(batch[1])
             if ack:
                 dataset.commit()
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
     finally:
         dataset.close()
+    if got != total:
+        raise RuntimeError(f"the dataset trainer got {got} of {total} records")
+    return seconds
 
 
 async def drain_service(target: str, group: str, total: int, max_batch: int, ack: bool,

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_drain_reports_each_way_side_by_side(tmp_path, capsys):
-    report = main(["--batches", "3", "--rounds", "1", "--shape", "3,8,8", "--max-batch", "100",
+    # enough records that each service's CPU spans several clock ticks
+    report = main(["--batches", "12", "--rounds", "1", "--shape", "3,8,8", "--max-batch", "100",
                    "--out", str(tmp_path / "drain.json")])
-    assert report["setup"]["records"] == 3 * 256
+    assert report["setup"]["records"] == 12 * 256
     for way in ("in_process", "in_process_columnar", "service", "service_columnar", "service_glibc_defaults"):
         figures = report[way]
         assert figures["records_per_s"] > 0 and len(figures["rounds_records_per_s"]) == 1
@@ -51,6 +52,8 @@ def test_drain_with_dataset_trainers_counts_every_record():
     report = main(["--batches", "2", "--rounds", "1", "--shape", "1,8,8", "--max-batch", "100", "--dataset"])
     assert report["setup"]["dataset"] is True and report["setup"]["records"] == 512
     for way in ("dataset", "dataset_batched"):
-        assert report[way]["records_per_s"] > 0 and report[way]["user_us_per_record"] > 0
+        # every record arrived (the drain raises otherwise); CPU is read in clock ticks, so a
+        # short drain may read none
+        assert report[way]["records_per_s"] > 0 and report[way]["user_us_per_record"] >= 0
         assert report[way]["vs_in_process"] == pytest.approx(
             report[way]["records_per_s"] / report["in_process_columnar"]["records_per_s"], abs=1e-3)
