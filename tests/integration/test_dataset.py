@@ -4,6 +4,7 @@ restarted trainer resumes with every unacked label and none it acked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
@@ -111,6 +112,9 @@ async def test_batched_dataset_yields_each_delivery_as_tensors(make_config, digi
         def scenario() -> tuple:
             with LabelerClient(server.address) as client:
                 labels = client.label("digits", x, ids=[f"b-{i}" for i in range(48)]).label
+                with contextlib.closing(client.subscribe_columns("digits", "sync", "s", max_batch=8)) as batches:
+                    first = next(batches)  # the blocking client's columnar subscription
+            assert first.offset.tolist() == list(range(8)) and first.samples.shape == (8, 1, 8, 8)
             runs = []
             for group, options in (("low", {"classes": range(5)}), ("first20", {"max_records": 20})):
                 dataset = PseudoLabelDataset(server.address, "digits", group, "c", batched=True, with_offsets=True,
