@@ -252,7 +252,8 @@ def records_bound(records: Sequence[LabelRecord], include_samples: bool = True) 
     (UTF-8's most)."""
     total = 64 + _RECORD_OVERHEAD * len(records)
     for r in records:
-        total += 4 * (len(r.sample_id) + len(r.teacher_version) + len(r.policy)) + 6 * (len(r.positive) + len(r.negative))
+        total += 4 * (len(r.sample_id) + len(r.teacher_version) + len(r.policy))
+        total += 6 * (len(r.positive) + len(r.negative))
         if include_samples and r.sample is not None:
             total += len(r.sample) + 11 * len(r.shape or ())
         if r.metadata:

@@ -1,7 +1,7 @@
 """The SQLite label log's layout (``sqlite.SqliteLabelLog``): its tables, reading records (or
-columns) out of segments, and the move of earlier releases' per-record rows into segments (and of their per-id
-idempotency entries into ``_recent``'s rows). Functions here run on the log's worker thread, on
-its connection."""
+columns) out of segments, and the move of earlier releases' per-record rows into segments (and
+of their per-id idempotency entries into ``_recent``'s rows). Functions here run on the log's
+worker thread, on its connection."""
 
 from __future__ import annotations
 
