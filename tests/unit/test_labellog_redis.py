@@ -1,6 +1,6 @@
 """RedisLabelLog specifics: retention, replicas sharing one Redis, no restart rule, errors.
 
-The contract suite (test_labellog_contract.py) covers the LabelLog semantics; these tests run
+The contract suite (tests/unit/labellog/test_contract_*.py) covers the LabelLog semantics; these tests run
 against the session's throwaway redis-server (the ``redis_url`` fixture in tests/conftest.py).
 """
 
