@@ -15,7 +15,7 @@ from pseudostream.proto.v1 import labeler_pb2 as pb
 from pseudostream.server.backends.base import TeacherMetadata
 from pseudostream.server.errors import InvalidInput
 from pseudostream.server.labellog.base import LabelRecord
-from pseudostream.server.labellog.columns import COLUMN_DTYPES, LabelColumns
+from pseudostream.server.labellog.columns import COLUMN_DTYPES, LabelColumns, sample_key
 from pseudostream.server.outcome import LabelOutcome
 
 __all__ = ["LabelInput", "decode_tensor", "encode_tensor", "decode_label_request",
@@ -190,7 +190,7 @@ def encode_records(topic: str, records: Sequence[LabelRecord], include_samples: 
             label.positive.extend(r.positive)
         if r.negative:
             label.negative.extend(r.negative)
-        if include_samples and r.sample is not None and r.shape is not None and r.dtype:
+        if sample_key(r, include_samples) is not None:
             sample = label.sample
             sample.data = r.sample
             sample.shape.extend(r.shape)
@@ -282,6 +282,5 @@ def split_to_fit(part: _Part, bound: Callable[[_Part], int], limit: int) -> Iter
         yield part
         return
     half = len(part) // 2
-    for piece in ((part[:half], part[half:]) if isinstance(part, list) else
-                  (part.take(slice(0, half)), part.take(slice(half, None)))):
-        yield from split_to_fit(piece, bound, limit)
+    yield from split_to_fit(part[:half], bound, limit)
+    yield from split_to_fit(part[half:], bound, limit)

@@ -58,24 +58,34 @@ class LabelColumns:
     def from_records(cls, records: Sequence[LabelRecord], samples: bool = True) -> "LabelColumns":
         """Records as columns; with ``samples`` their samples too, which must then share one
         shape and dtype (``column_runs`` cuts them so), or all be absent."""
-        table = np.array(list(map(_NUMERIC, records)), dtype=COLUMN_DTYPES).reshape(len(records))
         key = sample_key(records[0], samples) if records else None
+        if any(sample_key(r, samples) != key for r in records):
+            raise ValueError("records whose samples differ in shape or dtype (or that have none) do not "
+                             "stack: cut them with column_runs")
+        return cls._stacked(records, key)
+
+    @classmethod
+    def _stacked(cls, records: Sequence[LabelRecord], key: tuple[tuple[int, ...], str] | None) -> "LabelColumns":
+        """``from_records`` for records known to share the ``sample_key`` ``key``."""
+        table = np.array(list(map(_NUMERIC, records)), dtype=COLUMN_DTYPES).reshape(len(records))
         stacked = None
         if key is not None:
-            if any(sample_key(r, samples) != key for r in records):
-                raise ValueError("records whose samples differ in shape or dtype do not stack: "
-                                 "cut them with column_runs")
             shape, dtype = key
             stacked = np.frombuffer(b"".join([r.sample for r in records]),  # type: ignore[misc]
                                     np.dtype(dtype).newbyteorder("<")).reshape(len(records), *shape)
+        classes = any(r.positive or r.negative for r in records)
         return cls(
             **{name: table[name] for name in COLUMN_DTYPES.names},
             ids=[r.sample_id for r in records], teacher_version=[r.teacher_version for r in records],
             policy=[r.policy for r in records], samples=stacked,
             metadata=[r.metadata for r in records] if any(r.metadata for r in records) else None,
-            positive=[r.positive for r in records] if any(r.positive or r.negative for r in records) else None,
-            negative=[r.negative for r in records] if any(r.positive or r.negative for r in records) else None,
+            positive=[r.positive for r in records] if classes else None,
+            negative=[r.negative for r in records] if classes else None,
         )
+
+    def __getitem__(self, rows: slice) -> "LabelColumns":
+        """The rows of a slice, as views (``take`` also takes positions)."""
+        return self.take(rows)
 
     def take(self, index: Sequence[int] | slice) -> "LabelColumns":
         """The rows at ``index`` (positions, in that order, or a slice: views of the arrays)."""
@@ -120,8 +130,8 @@ def sample_key(record: LabelRecord, samples: bool = True) -> tuple[tuple[int, ..
 def column_runs(records: Sequence[LabelRecord], samples: bool = True) -> list[LabelColumns]:
     """``records`` as consecutive LabelColumns, a new one wherever the samples' shape or dtype
     (or having one) changes, so each batch's samples stack."""
-    return [LabelColumns.from_records(list(run), samples)
-            for _, run in itertools.groupby(records, lambda r: sample_key(r, samples))]
+    return [LabelColumns._stacked(list(run), key)
+            for key, run in itertools.groupby(records, lambda r: sample_key(r, samples))]
 
 
 def concat_columns(parts: Sequence[LabelColumns]) -> LabelColumns:

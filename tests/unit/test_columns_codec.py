@@ -111,6 +111,10 @@ def test_take_and_concat_keep_every_column_in_step():
 def test_records_that_do_not_stack_are_refused_by_from_records():
     with pytest.raises(ValueError, match="column_runs"):
         LabelColumns.from_records([with_sample(0), with_sample(1, shape=(3,))])
+    plain = LabelRecord(offset=1, sample_id="plain", **BASE)
+    for mixed in ([plain, with_sample(0)], [with_sample(0), plain]):  # the first lost its samples before
+        with pytest.raises(ValueError, match="column_runs"):
+            LabelColumns.from_records(mixed)
 
 
 def test_samples_that_view_a_whole_bytes_object_go_on_the_wire_without_a_copy():
