@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-
 import logging
 import time
 from collections import deque
@@ -21,7 +20,8 @@ import numpy as np
 from pseudostream.server.backends.base import TeacherBackend, TeacherOutput
 from pseudostream.server.batch_cost import BatchCost
 from pseudostream.server.batcher import WorkItem, metadata_rows
-from pseudostream.server.idempotency import concat_decisions, decode_decisions, encode_decisions, unique_rows
+from pseudostream.server.idempotency import (DecisionEntries, concat_decisions, decode_decisions, encode_decisions,
+                                              unique_rows)
 from pseudostream.server.labellog.base import LabelBatch, LabelLog
 from pseudostream.server.metrics import ServiceMetrics
 from pseudostream.server.outcome import LabelOutcome
@@ -225,7 +225,8 @@ class TeacherPipeline:
         metadata = metadata_rows(group)
         known = {} if recalled is None else await self._known(topic.name, ids, recalled)
         first, inverse = unique_rows(ids)
-        is_new = np.array([ids[k] not in known for k in first], bool)
+        is_new = (np.array([ids[k] not in known for k in first], bool) if known
+                  else np.ones(first.size, bool))  # the common case: nobody remembers them
         parts: list[tuple[Decisions, np.ndarray, np.ndarray]] = []
         appended: asyncio.Future | None = None
         new = first[is_new]
@@ -321,11 +322,11 @@ class TeacherPipeline:
             return done
         fresh = _Fresh(self._labeled, set(ids.tolist())) if window else None  # this batch's labeling number
 
-        def entries(appended: np.ndarray) -> dict[str, bytes]:
+        def entries(appended: np.ndarray) -> DecisionEntries:
             assert fresh is not None
             numbered = offsets.copy()
             numbered[accepted] = appended
-            fresh.entries = dict(zip(ids.tolist(), encode_decisions(decisions, numbered, version)))
+            fresh.entries = encode_decisions(decisions, numbered, version, ids.tolist())
             return fresh.entries
 
         async def append() -> np.ndarray:
@@ -357,7 +358,7 @@ class _Fresh:
     seq: int  # its labeling number
     ids: set[str]
     appended: asyncio.Future = dataclasses.field(init=False)
-    entries: dict[str, bytes] | None = None  # set by the append, once the offsets are known
+    entries: DecisionEntries | None = None  # set by the append, once the offsets are known
 
 
 def _fail(topic: str, group: list[WorkItem], exc: BaseException) -> None:

@@ -26,6 +26,8 @@ from typing import Collection, Iterable, Mapping
 
 import numpy as np
 
+from pseudostream.server.labellog.entries import DecisionEntries
+
 __all__ = ["DECIDED_SCHEMA", "RecentIndex", "expire_decided", "write_decided", "read_decided", "load_decided",
            "move_recent"]
 
@@ -110,13 +112,13 @@ def expire_decided(conn: sqlite3.Connection, now: float) -> None:
 
 def write_decided(conn: sqlite3.Connection, topic: str, entries: Mapping[str, bytes],
                   expires: float) -> tuple[int, list[str]]:
-    """Inside a transaction: add ``entries`` as one row; returns (its row number, its ids)."""
-    ids = list(entries)
-    blobs = [bytes(b) for b in entries.values()]
-    ends = np.cumsum([len(b) for b in blobs], dtype="<i8").tobytes()
-    row = conn.execute(_INSERT, (topic, expires, json.dumps(ids), b"".join(blobs), ends)).lastrowid
+    """Inside a transaction: add ``entries`` as one row; returns (its row number, its ids).
+    ``DecisionEntries`` go in as they are: their ids, their blobs end to end, the ends."""
+    packed = DecisionEntries.of(entries)
+    row = conn.execute(_INSERT, (topic, expires, json.dumps(packed.ids), packed.data,
+                                 packed.ends.tobytes())).lastrowid
     assert row is not None
-    return row, ids
+    return row, packed.ids
 
 
 def read_decided(conn: sqlite3.Connection, rows: Mapping[int, Collection[str]]) -> dict[str, bytes]:

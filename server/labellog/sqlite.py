@@ -24,6 +24,7 @@ from pseudostream.server.labellog._sqlite_open import open_file
 from pseudostream.server.labellog._sqlite_schema import INSERT_SEGMENT, fetch_columns, fetch_records
 from pseudostream.server.labellog.base import LabelBatch, LabelLog, LabelRecord
 from pseudostream.server.labellog.columns import LabelColumns
+from pseudostream.server.labellog.entries import DecisionEntries
 
 __all__ = ["SqliteLabelLog"]
 
@@ -378,10 +379,10 @@ class SqliteLabelLog(LabelLog):
         with self._transaction():
             first = self._append_segment(topic, segment) if n else 0
             if entries is not None:  # expired entries go, then this batch's are kept
-                kept = entries(np.arange(first, first + n, dtype=np.int64))
+                kept = DecisionEntries.of(entries(np.arange(first, first + n, dtype=np.int64)))
                 expire_decided(self._conn, now)
                 remembered = write_decided(self._conn, topic, kept, now + ttl_s)
-                written += sum(map(len, kept.values()))
+                written += kept.nbytes
         if self._checkpointer is not None:
             self._checkpointer.wrote(written)
             self._checkpointer.backstop(self._conn)

@@ -7,6 +7,8 @@ import asyncio
 
 import numpy as np
 
+from pseudostream.server.labellog.entries import DecisionEntries
+
 
 async def test_state_round_trips_and_is_none_when_absent(log):
     assert await log.load_state("t", "policy") is None
@@ -57,3 +59,15 @@ async def test_list_and_delete_state_by_prefix(log):
     await log.delete_state("t", ["sync/1/a", "missing"])
     assert set(await log.list_state("t", "sync/")) == {"sync/1/b", "sync/2/a"}
     assert await log.load_state("t", "policy") == b"p"
+
+
+async def test_decision_entries_are_remembered_blob_by_blob(log, make_batch):
+    """What the pipeline hands over: ids and their blobs end to end (one packed fixed size, one
+    of varying sizes, an empty blob among them); each id recalls its own blob."""
+    fixed = DecisionEntries.fixed(["f0", "f1", "f2"], b"aaabbbccc", 3)
+    varied = DecisionEntries.of({"v0": b"", "v1": b"\x01\x02", "v2": b"{\"a\":1}"})
+    got = await log.append_and_remember("t", make_batch(2), lambda offsets: fixed, ttl_s=10)
+    assert got.tolist() == [0, 1]
+    await log.remember("t", varied, ttl_s=10)
+    assert await log.recall("t", ["f2", "f0", "v0", "v1", "v2", "x"]) == {
+        "f0": b"aaa", "f2": b"ccc", "v0": b"", "v1": b"\x01\x02", "v2": b"{\"a\":1}"}
