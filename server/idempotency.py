@@ -54,7 +54,7 @@ def encode_decisions(d: Decisions, offsets: np.ndarray, version: str, ids: Seque
     """
     reasons = _reason_bytes(d.reason)
     if d.positive is not None or d.negative is not None or reasons is None:
-        return DecisionEntries.of(dict(zip(ids, (_encode_one(d, offsets, version, i) for i in range(len(d))))))
+        return DecisionEntries.joined(ids, [_encode_one(d, offsets, version, i) for i in range(len(d))])
     v = version.encode()
     rows = np.empty(len(d), _row_dtype(reasons.dtype.itemsize, max(1, len(v))))
     rows["tag"], rows["width"], rows["a"], rows["l"] = _PACKED, reasons.dtype.itemsize, d.accept, d.label

@@ -38,12 +38,16 @@ class DecisionEntries(Mapping[str, bytes]):
                    np.zeros(len(ids), "<i8"))
 
     @classmethod
+    def joined(cls, ids: Sequence[str], blobs: Sequence[bytes]) -> "DecisionEntries":
+        """Blobs of any sizes, ``ids[k]``'s at position k, joined end to end."""
+        return cls(ids, b"".join(blobs), np.cumsum([len(b) for b in blobs], dtype="<i8"))
+
+    @classmethod
     def of(cls, entries: Mapping[str, bytes]) -> "DecisionEntries":
         """Any mapping of id -> blob, as entries (itself when it already is)."""
         if isinstance(entries, DecisionEntries):
             return entries
-        blobs = [bytes(b) for b in entries.values()]
-        return cls(list(entries), b"".join(blobs), np.cumsum([len(b) for b in blobs], dtype="<i8"))
+        return cls.joined(list(entries), [bytes(b) for b in entries.values()])
 
     @property
     def nbytes(self) -> int:

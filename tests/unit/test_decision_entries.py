@@ -31,3 +31,12 @@ def test_fixed_size_blobs_are_cut_from_one_bytes_object():
 def test_ends_that_do_not_match_the_ids_or_data_are_refused(ends):
     with pytest.raises(ValueError, match="3 ids need as many blob ends, the last at 9 bytes"):
         DecisionEntries(["p", "q", "r"], b"000111222", np.asarray(ends))
+
+
+def test_joined_blobs_keep_their_ids_positions_and_a_missing_blob_is_refused():
+    entries = DecisionEntries.joined(["u", "v", "w"], [b"{}", b"", b"\x01abc"])
+    assert list(entries.items()) == [("u", b"{}"), ("v", b""), ("w", b"\x01abc")]
+    assert entries.ends.tolist() == [2, 2, 6] and entries["w"] == b"\x01abc"
+    assert len(DecisionEntries.joined([], [])) == 0
+    with pytest.raises(ValueError, match="3 ids need as many blob ends"):
+        DecisionEntries.joined(["u", "v", "w"], [b"{}", b""])
